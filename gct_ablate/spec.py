@@ -1,0 +1,297 @@
+"""StudySpec and TrialConfig: frozen descriptions of a study and of one training run.
+
+A study file is TOML (see ``studies/``)::
+
+    name = "p_norm"                 # optional; default derived from what varies
+    question = "Does p matter?"     # free text
+    vary = ["p"]
+    seeds = 3
+    metric = "val_top1"
+    [levels]                        # optional overrides of the default levels
+    p = [1, 2, 3, "inf", "gap"]
+    [set]                           # factors held fixed
+    epochs = 15
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gct_ablate.factors import FACTORS, FactorError, canonical_level, get_factor, parse_level
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class SpecError(ValueError):
+    """A study description that cannot run (message is one line)."""
+
+
+METRICS = ("val_top1", "val_top5", "val_loss")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one training run needs. Factor fields hold typed, validated values."""
+
+    attention: str = "gct"
+    p: str = "2"
+    norm: str = "l2"
+    activation: str = "tanh"
+    remove: str = "none"
+    init: str = "zeros"
+    alpha_init: str = "ones"
+    after_relu: bool = False
+    placement: str = "every-conv"
+    model: str = "resnet20"
+    dataset: str = "digits"
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    beta_decay: bool = False
+    schedule: str = "cosine"
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    # --- not factors: the replicate and how/where to run
+    seed: int = 0
+    data_dir: str | None = None
+    download: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | none
+    channels_last: bool | None = None  # None: on for CUDA
+    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    compile: bool = False
+    recompute: bool = False  # GCT recomputes the gated tensor in backward
+    save_model: bool | None = None  # None: save when the model has < 5 M parameters
+
+    def __post_init__(self) -> None:
+        for name in FACTORS:
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, parse_level(name, value))
+            except FactorError as err:
+                raise SpecError(str(err)) from None
+        if self.seed < 0:
+            raise SpecError(f"invalid seed {self.seed}; must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise SpecError(f"invalid threads {self.threads}; must be >= 1")
+        if self.amp not in ("auto", "bf16", "fp16", "none"):
+            raise SpecError(f"invalid amp {self.amp!r}; valid: auto, bf16, fp16, none")
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return dataclasses.replace(self, **changes)
+
+    def factor_levels(self) -> dict[str, str]:
+        """Canonical text of every factor (what MLflow params hold)."""
+        return {name: FACTORS[name].format(getattr(self, name)) for name in FACTORS}
+
+    def attention_options(self) -> dict[str, Any]:
+        """Keyword options of ``make_attention`` for this configuration."""
+        if self.attention != "gct":
+            return {}
+        p: Any = self.p if self.p in ("inf", "gap") else float(self.p)
+        return dict(
+            p=p,
+            norm=self.norm,
+            activation=self.activation,
+            learn_alpha=self.remove not in ("alpha", "alpha+beta"),
+            learn_beta=self.remove not in ("beta", "alpha+beta"),
+            learn_gamma=self.remove != "gamma-fixed",
+            gamma_init=self.init,
+            beta_init=self.init,
+            alpha_init=self.alpha_init,
+            after_relu=self.after_relu,
+            recompute=self.recompute,
+        )
+
+
+Cell = tuple[tuple[str, str], ...]  # ((factor, canonical level), ...) in `vary` order
+
+
+def cell_id(cell: Cell) -> str:
+    """Readable, unique id of a grid cell: 'p=2 activation=tanh' ('' when nothing varies)."""
+    return " ".join(f"{k}={v}" for k, v in cell)
+
+
+def parse_cell_id(text: str) -> Cell:
+    return tuple(tuple(part.split("=", 1)) for part in text.split())  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A grid over factors, replicated over seeds."""
+
+    vary: tuple[str, ...] = ()
+    levels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    fixed: Mapping[str, str] = field(default_factory=dict)
+    seeds: int = 3
+    name: str | None = None
+    question: str = ""
+    metric: str = "val_top1"
+    base: TrialConfig = field(default_factory=TrialConfig)  # non-factor run options
+
+    def __post_init__(self) -> None:
+        try:
+            vary = tuple(dict.fromkeys(get_factor(n).name for n in self.vary))
+            levels = {
+                get_factor(k).name: tuple(dict.fromkeys(canonical_level(k, x) for x in v))
+                for k, v in self.levels.items()
+            }
+            fixed = {get_factor(k).name: canonical_level(k, v) for k, v in self.fixed.items()}
+        except FactorError as err:
+            raise SpecError(str(err)) from None
+        for name in levels:
+            if name not in vary:
+                raise SpecError(f"levels given for {name!r}, which does not vary; add it to vary")
+            if not levels[name]:
+                raise SpecError(f"no levels for {name!r}")
+        for name in vary:
+            if name in fixed:
+                raise SpecError(f"factor {name!r} cannot both vary and be set to one value")
+            levels.setdefault(name, FACTORS[name].levels)
+        if self.seeds < 1:
+            raise SpecError(f"invalid seeds {self.seeds}; must be >= 1")
+        if self.metric not in METRICS:
+            raise SpecError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
+        if self.name is not None and not self.name.strip():
+            raise SpecError("study name is empty")
+        object.__setattr__(self, "vary", vary)
+        object.__setattr__(self, "levels", {n: levels[n] for n in vary})
+        object.__setattr__(self, "fixed", fixed)
+        self.config(())  # validates the fixed values against TrialConfig
+
+    @property
+    def study_name(self) -> str:
+        if self.name:
+            return self.name.strip()
+        parts = "-".join(self.vary) if self.vary else "single"
+        return f"vary-{parts}"
+
+    @property
+    def maximize(self) -> bool:
+        return self.metric != "val_loss"
+
+    def cells(self) -> list[Cell]:
+        """The grid, in a stable order (first factor varies slowest)."""
+        axes = [[(n, lv) for lv in self.levels[n]] for n in self.vary]
+        return [tuple(c) for c in itertools.product(*axes)]
+
+    def reference_cell(self) -> Cell:
+        """The cell at the paper's reference levels (else the first level of that factor)."""
+        ref = []
+        for n in self.vary:
+            want = FACTORS[n].reference
+            ref.append((n, want if want in self.levels[n] else self.levels[n][0]))
+        return tuple(ref)
+
+    def config(self, cell: Cell, seed: int = 0) -> TrialConfig:
+        values = {**self.fixed, **dict(cell)}
+        typed = {k: parse_level(k, v) for k, v in values.items()}
+        return self.base.replace(**typed, seed=seed)
+
+    def trials(self) -> list[tuple[Cell, int]]:
+        return [(c, s) for c in self.cells() for s in range(self.seeds)]
+
+    def fingerprint(self) -> str:
+        """Hash of the grid (not of the seed count, so a study can grow more seeds)."""
+        grid = {"vary": list(self.vary), "levels": {k: list(v) for k, v in self.levels.items()},
+                "fixed": dict(sorted(self.fixed.items())), "metric": self.metric}
+        return hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.study_name, "question": self.question, "vary": list(self.vary),
+                "levels": {k: list(v) for k, v in self.levels.items()},
+                "set": dict(self.fixed), "seeds": self.seeds, "metric": self.metric}
+
+    def with_overrides(
+        self,
+        *,
+        vary: tuple[str, ...] | None = None,
+        levels: Mapping[str, tuple[str, ...]] | None = None,
+        fixed: Mapping[str, str] | None = None,
+        seeds: int | None = None,
+        name: str | None = None,
+        metric: str | None = None,
+        base: TrialConfig | None = None,
+    ) -> StudySpec:
+        """The command line over a study file: vary replaces, levels/set merge, rest replace."""
+        new_vary = tuple(vary) if vary else self.vary
+        new_levels = {k: v for k, v in {**self.levels, **(levels or {})}.items()}
+        new_fixed = {**self.fixed, **(fixed or {})}
+        vary_names = {get_factor(n).name for n in new_vary} if new_vary else set()
+        # A factor set on the command line stops varying; levels of non-varying drop out.
+        vary_names -= {get_factor(k).name for k in (fixed or {})}
+        new_vary = tuple(n for n in (get_factor(x).name for x in new_vary) if n in vary_names)
+        new_levels = {k: v for k, v in new_levels.items() if get_factor(k).name in vary_names
+                      and (k in (levels or {}) or get_factor(k).name in self.vary)}
+        new_fixed = {k: v for k, v in new_fixed.items() if get_factor(k).name not in vary_names}
+        return StudySpec(
+            vary=new_vary, levels=new_levels, fixed=new_fixed,
+            seeds=self.seeds if seeds is None else seeds,
+            name=name or self.name, question=self.question,
+            metric=metric or self.metric, base=base or self.base,
+        )
+
+
+_FILE_KEYS = {"name", "question", "vary", "levels", "set", "seeds", "metric"}
+
+
+def load_study_file(path: str | Path) -> StudySpec:
+    """Read and validate a TOML study file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: study file not found") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read ({err.strerror})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: TOML syntax error: {err}") from None
+    unknown = sorted(set(data) - _FILE_KEYS)
+    if unknown:
+        raise SpecError(
+            f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_FILE_KEYS))}"
+        )
+
+    def want(key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        value = data.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise SpecError(f"{path}: key {key!r} must be {what}")
+        return value
+
+    vary = want("vary", list, "a list of factor names") or []
+    levels = want("levels", dict, "a table of factor = [levels]") or {}
+    fixed = want("set", dict, "a table of factor = value") or {}
+    seeds = want("seeds", int, "an integer")
+    name = want("name", str, "a string")
+    question = want("question", str, "a string") or ""
+    metric = want("metric", str, "a string") or "val_top1"
+    for k, v in levels.items():
+        if not isinstance(v, list):
+            raise SpecError(f"{path}: levels.{k} must be a list")
+    for k, v in fixed.items():
+        if isinstance(v, (list, dict)):
+            raise SpecError(f"{path}: set.{k} must be a single value")
+    try:
+        return StudySpec(
+            vary=tuple(str(v) for v in vary),
+            levels={k: tuple(v) for k, v in levels.items()},
+            fixed=dict(fixed),
+            seeds=3 if seeds is None else seeds,
+            name=name,
+            question=question,
+            metric=metric,
+        )
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
