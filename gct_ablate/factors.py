@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from gct_ablate._util import UsageError
 
-class FactorError(ValueError):
+
+class FactorError(UsageError):
     """A factor name or level that the registry does not accept (message is one line)."""
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gct_ablate._util import UsageError
 from gct_ablate.factors import FACTORS, FactorError, canonical_level, get_factor, parse_level
 
 if sys.version_info >= (3, 11):
@@ -33,7 +34,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class SpecError(ValueError):
+class SpecError(UsageError):
     """A study description that cannot run (message is one line)."""
 
 

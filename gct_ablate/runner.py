@@ -1,0 +1,184 @@
+"""Run a study's workers (in this process or N spawned ones) under a live progress display."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from gct_ablate.study import Interrupted, WorkerOptions, load_study, open_storage, run_worker
+
+
+def threads_per_worker(workers: int, threads: int | None) -> int:
+    """Each of N workers gets its share of the cores, so they do not oversubscribe."""
+    return threads or max(1, (os.cpu_count() or 1) // workers)
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent dies, so an orphan re-queues its trial and stops."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _worker_main(opts: WorkerOptions) -> None:
+    _die_with_parent()
+    import torch
+
+    torch.set_num_threads(opts.base.threads or 1)
+    try:
+        run_worker(opts)
+    except (KeyboardInterrupt, Interrupted):
+        sys.exit(130)
+
+
+_PRIORITY = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2,
+             TrialState.WAITING: 3, TrialState.FAIL: 4}
+
+
+def progress(study: optuna.Study) -> dict[str, Any]:
+    """Counts per cell x seed (its most advanced trial) and the running trials."""
+    best: dict[tuple[str, int], optuna.trial.FrozenTrial] = {}
+    durations: list[float] = []
+    for t in study.get_trials(deepcopy=False):
+        if "cell" not in t.user_attrs:
+            continue
+        key = (t.user_attrs["cell"], int(t.user_attrs["seed"]))
+        if key not in best or _PRIORITY[t.state] < _PRIORITY[best[key].state]:
+            best[key] = t
+        if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete:
+            durations.append((t.datetime_complete - t.datetime_start).total_seconds())
+    counts = {"complete": 0, "pruned": 0, "running": 0, "waiting": 0, "fail": 0}
+    for t in best.values():
+        counts[t.state.name.lower()] += 1
+    running = [t for t in best.values() if t.state == TrialState.RUNNING]
+    return {"counts": counts, "running": running, "durations": durations, "total": len(best)}
+
+
+def _render(name: str, info: dict[str, Any], epochs: int, started: float, workers: int) -> Any:
+    c = info["counts"]
+    total = max(1, info["total"])
+    finished = c["complete"] + c["pruned"] + c["fail"]
+    elapsed = time.monotonic() - started
+    left = c["waiting"] + c["running"]
+    mean = sum(info["durations"]) / len(info["durations"]) if info["durations"] else None
+    eta = f"{mean * left / max(1, workers):.0f}s" if mean is not None else "?"
+    width = 30
+    filled = int(width * finished / total)
+    head = Text.assemble(
+        (f"{name} ", "bold"), ("[" + "#" * filled + "-" * (width - filled) + "] ", "cyan"),
+        f"{finished}/{info['total']}  ",
+        (f"done {c['complete']} ", "green"), (f"running {c['running']} ", "yellow"),
+        (f"waiting {c['waiting']} ", "white"), (f"failed {c['fail']} ", "red"),
+        (f"pruned {c['pruned']} ", "magenta"),
+        f" elapsed {elapsed:.0f}s  remaining ~{eta}",
+    )
+    table = Table(box=None, show_header=True, header_style="dim", pad_edge=False)
+    for col in ("trial", "cell", "seed", "epoch", "worker"):
+        table.add_column(col)
+    for t in sorted(info["running"], key=lambda t: t.number)[:8]:
+        epoch = len(t.intermediate_values)
+        table.add_row(str(t.number), t.user_attrs["cell"] or "-", str(t.user_attrs["seed"]),
+                      f"{epoch}/{epochs}", f"{t.user_attrs.get('host', '?')}:"
+                      f"{t.user_attrs.get('pid', '?')}")
+    return Group(head, table) if info["running"] else head
+
+
+class LiveDisplay:
+    """Polls the storage from a thread and redraws the progress."""
+
+    def __init__(self, opts: WorkerOptions, epochs: int, workers: int, console: Console):
+        self.opts, self.epochs, self.workers, self.console = opts, epochs, workers, console
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        storage = open_storage(opts.storage, Path(opts.out_dir))
+        self.study = load_study(storage, opts.study_name)
+        self.live = Live(console=console, refresh_per_second=4, transient=False)
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _draw(self) -> None:
+        info = progress(self.study)
+        self.live.update(_render(self.opts.study_name, info, self.epochs, self.started,
+                                 self.workers))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            with contextlib.suppress(Exception):  # display is best effort
+                self._draw()
+
+    def __enter__(self) -> LiveDisplay:
+        self.live.__enter__()
+        self._draw()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self.thread.join()
+        with contextlib.suppress(Exception):
+            self._draw()
+        self.live.__exit__(*exc)
+        self.console.print()
+
+
+def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console) -> None:
+    """Run ``workers`` workers to the end of the queue under a live display.
+
+    One worker runs in this process; more are spawned processes (one ``import torch``
+    each), each with its share of the cores. Ctrl-C or SIGTERM stops them cleanly: their
+    running trials are failed and re-queued, so the same command resumes.
+    """
+    threads = threads_per_worker(workers, opts.base.threads)
+    opts = replace(opts, base=opts.base.replace(threads=threads))
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Interrupted(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        with LiveDisplay(opts, epochs, workers, console):
+            if workers == 1:
+                import torch
+
+                torch.set_num_threads(threads)
+                run_worker(opts)
+                return
+            ctx = mp.get_context("spawn")
+            procs = [ctx.Process(target=_worker_main, args=(opts,), daemon=False)
+                     for _ in range(workers)]
+            for p in procs:
+                p.start()
+            try:
+                for p in procs:
+                    p.join()
+            except (KeyboardInterrupt, Interrupted):
+                for p in procs:
+                    if p.is_alive() and p.pid:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(p.pid, signal.SIGTERM)
+                for p in procs:
+                    p.join(timeout=60)
+                raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def started_at() -> str:
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")

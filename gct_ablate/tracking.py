@@ -1,0 +1,168 @@
+"""MLflow tracking: one experiment per study, one parent run, one child run per trial.
+
+Talks to ``mlflow.MlflowClient`` directly (no fluent global state), so several worker
+processes and threads can log at once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from gct_ablate._util import UsageError, mask_url
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def default_tracking_uri(out_dir: Path) -> str:
+    return f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+
+
+def resolve_tracking_uri(out_dir: Path, override: str | None = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else a SQLite store in ``out_dir``."""
+    return override or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out_dir)
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens these runs in the MLflow UI."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {mask_url(uri)} in a browser (MLflow tracking server)"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when the tracking store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                if resp.status >= 400:
+                    raise OSError(f"HTTP {resp.status}")
+        except (OSError, urllib.error.URLError) as err:
+            reason = getattr(err, "reason", err)
+            msg = f"cannot reach MLflow tracking server {mask_url(uri)}: {reason}"
+            raise UsageError(msg) from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UsageError(f"MLflow store folder {folder} is missing or not writable")
+
+
+class Tracker:
+    """Logs a study's runs to one MLflow tracking URI."""
+
+    def __init__(self, uri: str, artifact_root: Path | None = None) -> None:
+        import logging
+
+        from mlflow import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.artifact_root = artifact_root
+
+    # ------------------------------------------------------------------ study level
+    def experiment(self, study_name: str) -> str:
+        """Id of the study's experiment, created if missing."""
+        found = self.client.get_experiment_by_name(study_name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        location = None
+        if self.artifact_root is not None and not self.uri.startswith(("http:", "https:")):
+            location = (self.artifact_root / study_name).resolve().as_uri()
+        try:
+            return self.client.create_experiment(study_name, artifact_location=location)
+        except Exception:  # another worker created it first
+            found = self.client.get_experiment_by_name(study_name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def start_parent(self, experiment_id: str, study_name: str, spec: dict[str, Any]) -> str:
+        run = self.client.create_run(
+            experiment_id, run_name=study_name,
+            tags={"gct_ablate.role": "study", "gct_ablate.fingerprint": spec.get("fp", "")},
+        )
+        params = {"vary": ",".join(spec["vary"]) or "-", "seeds": spec["seeds"],
+                  "metric": spec["metric"]}
+        params.update({f"set.{k}": v for k, v in spec["set"].items()})
+        params.update({f"levels.{k}": ",".join(v)[:500] for k, v in spec["levels"].items()})
+        self.log_params(run.info.run_id, params)
+        if spec.get("question"):
+            self.client.set_tag(run.info.run_id, "mlflow.note.content", spec["question"])
+        return run.info.run_id
+
+    def log_summary(
+        self, parent_id: str, markdown: str, csv: str, figures: list[Path] = ()
+    ) -> None:
+        self.client.log_text(parent_id, markdown, "summary/summary.md")
+        self.client.log_text(parent_id, csv, "summary/summary.csv")
+        for path in figures:
+            self.client.log_artifact(parent_id, str(path), "summary")
+
+    def finish_parent(self, parent_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(parent_id, status=status)
+
+    # ------------------------------------------------------------------ trial level
+    def start_trial(
+        self, experiment_id: str, parent_id: str, *, cell: str, seed: int, trial_number: int,
+        params: dict[str, Any],
+    ) -> str:
+        run = self.client.create_run(
+            experiment_id,
+            run_name=f"{cell or 'single'} seed={seed}",
+            tags={PARENT_TAG: parent_id, "cell": cell, "seed": str(seed),
+                  "optuna_trial_number": str(trial_number), "gct_ablate.role": "trial"},
+        )
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if items:
+            self.client.log_batch(run_id, metrics=items, synchronous=True)
+
+    def log_json(self, run_id: str, data: Any, path: str) -> None:
+        self.client.log_text(run_id, json.dumps(data, indent=1, default=str), path)
+
+    def log_figure(self, run_id: str, figure: Any, path: str) -> None:
+        self.client.log_figure(run_id, figure, path)
+
+    def log_torch(self, run_id: str, obj: Any, path: str) -> None:
+        """Save a torch object (e.g. a state dict) as an artifact."""
+        import tempfile
+
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(path).name
+            buf = io.BytesIO()
+            torch.save(obj, buf)
+            local.write_bytes(buf.getvalue())
+            self.client.log_artifact(run_id, str(local), str(Path(path).parent) or None)
+
+    def end_trial(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """status: FINISHED, FAILED or KILLED (MLflow's run statuses)."""
+        if reason:
+            self.client.set_tag(run_id, "status_reason", reason[:5000])
+        self.client.set_terminated(run_id, status=status)

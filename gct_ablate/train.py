@@ -1,0 +1,190 @@
+"""One training run: ``train_eval(config, report) -> metrics``.
+
+Knows nothing of Optuna or MLflow: per-epoch values go to ``report(epoch, metrics)``
+(which may raise to stop the run, e.g. for pruning), the final metrics are returned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gct_ablate.data import Dataset, load_dataset
+from gct_ablate.gct import GCT
+from gct_ablate.models import attention_modules, build_model, count_parameters
+from gct_ablate.spec import TrialConfig
+
+Report = Callable[[int, dict[str, float]], None]
+OnEnd = Callable[[nn.Module, Dataset, torch.device], dict[str, Any] | None]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def amp_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 on CUDA by default, none on CPU unless asked for."""
+    mode = cfg.amp
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" else "none"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[mode]
+
+
+def param_groups(model: nn.Module, weight_decay: float, beta_decay: bool) -> list[dict]:
+    """All parameters decay except GCT's beta (the official recipe) unless beta_decay."""
+    no_decay = set()
+    if not beta_decay:
+        for module in model.modules():
+            if isinstance(module, GCT) and isinstance(module.beta, nn.Parameter):
+                no_decay.add(id(module.beta))
+    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in no_decay]
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) in no_decay]
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    return groups
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrialConfig) -> float:
+    """Linear warm-up from 0.1 x lr, then cosine to 0 or step decay x0.1 at 50% and 75%."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    if step < warm:
+        return 0.1 + 0.9 * step / warm
+    progress = (step - warm) / max(1, total - warm)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: Dataset, batch_size: int, autocast: Any = nullcontext
+) -> dict[str, float]:
+    """Validation loss, top-1 and top-5 accuracy (fractions)."""
+    model.eval()
+    k = min(5, data.num_classes)
+    loss = torch.zeros((), device=data.val_x.device)
+    top1 = torch.zeros((), device=data.val_x.device)
+    topk = torch.zeros((), device=data.val_x.device)
+    for x, y in data.batches("val", max(batch_size, 256), shuffle=False, augment=False):
+        with autocast():
+            logits = model(x)
+        logits = logits.float()
+        loss += F.cross_entropy(logits, y, reduction="sum")
+        pred = logits.topk(k, dim=1).indices
+        hit = pred.eq(y[:, None])
+        top1 += hit[:, 0].sum()
+        topk += hit.any(dim=1).sum()
+    n = data.val_y.numel()
+    return {"val_loss": loss.item() / n, "val_top1": top1.item() / n, "val_top5": topk.item() / n}
+
+
+def train_eval(
+    cfg: TrialConfig,
+    report: Report | None = None,
+    *,
+    on_end: OnEnd | None = None,
+) -> dict[str, Any]:
+    """Train one configuration and return its final metrics.
+
+    ``metrics['status']`` is 'ok', or 'diverged' when the loss became NaN/inf (the run
+    stops at that epoch; the metrics are those of the last evaluation).
+    ``on_end(model, data, device)`` runs after training; its dict is merged into the result.
+    """
+    start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download).to(device)
+    model = build_model(
+        cfg.model, data.num_classes, data.in_channels,
+        attention=cfg.attention, placement=cfg.placement,
+        attention_options=cfg.attention_options(), small_input=data.image_size <= 64,
+    ).to(device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    total, attn = count_parameters(model)
+    n_modules = len(attention_modules(model))
+    step_model = torch.compile(model) if cfg.compile else model
+
+    dtype = amp_dtype(cfg, device)
+
+    def autocast() -> Any:
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    optimizer = torch.optim.SGD(
+        param_groups(model, cfg.weight_decay, cfg.beta_decay),
+        lr=cfg.lr, momentum=0.9, nesterov=True,
+    )
+    steps_per_epoch = math.ceil(data.train_y.numel() / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg)
+    )
+    generator = torch.Generator(device=data.train_x.device).manual_seed(cfg.seed)
+    metrics: dict[str, Any] = {"val_loss": math.nan, "val_top1": 0.0, "val_top5": 0.0}
+    status, epochs_done, train_loss = "ok", 0, math.nan
+    for epoch in range(1, cfg.epochs + 1):
+        step_model.train()
+        loss_sum = torch.zeros((), device=device)
+        count = 0
+        for x, y in data.batches(
+            "train", cfg.batch_size, shuffle=True, generator=generator, augment=True
+        ):
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = step_model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            loss_sum += loss.detach() * y.numel()
+            count += y.numel()
+        train_loss = loss_sum.item() / count  # one host sync per epoch
+        if not math.isfinite(train_loss):
+            status = "diverged"
+            break
+        metrics = evaluate(model, data, cfg.batch_size, autocast)
+        epochs_done = epoch
+        epoch_metrics = {"train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0]}
+        if report is not None:
+            report(epoch, epoch_metrics)
+    result: dict[str, Any] = {
+        **metrics,
+        "train_loss": train_loss,
+        "status": status,
+        "epochs_done": epochs_done,
+        "params_total": total,
+        "params_attention": attn,
+        "n_attention_modules": n_modules,
+        "device": str(device),
+    }
+    if on_end is not None and status == "ok":
+        result.update(on_end(model, data, device) or {})
+    result["seconds"] = time.perf_counter() - start
+    return result
