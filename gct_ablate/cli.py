@@ -260,9 +260,9 @@ def run(
     out: Out = DEFAULT_OUT,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
-    workers: Annotated[int, typer.Option(
+    workers: Annotated[int | None, typer.Option(
         min=1, help="Local worker processes sharing the storage [default: min(cores, 4)].")]
-    = 0,
+    = None,
     pruner: Annotated[str, typer.Option(help="none (compare complete runs), median, hyperband.")]
     = "none",
     retry_failed: Annotated[bool, typer.Option(help="Re-queue failed cells.")] = False,

@@ -36,7 +36,6 @@ GRACE_PERIOD = 30  # a RUNNING trial without heartbeat for this long is failed a
 POLL = 0.5  # seconds between queue polls while others still run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class Interrupted(BaseException):
@@ -71,7 +70,7 @@ def open_storage(
             raise UsageError(f"cannot use storage {path}: {err.strerror or err}") from None
     try:
         return optuna.storages.RDBStorage(
-            storage,
+            _driver_url(storage),
             engine_kwargs={"pool_pre_ping": True, **_connect_timeout(storage)},
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
@@ -80,6 +79,16 @@ def open_storage(
     except Exception as err:  # sqlalchemy/driver errors differ per backend
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot open storage {mask_url(storage)}: {reason}") from None
+
+
+def _driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 if only it is installed."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def _connect_timeout(url: str) -> dict[str, Any]:
@@ -217,40 +226,42 @@ def _is_dead_here(trial: FrozenTrial) -> bool:
     return _process_token(int(attrs["pid"])) != attrs.get("proc")
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+def requeue(study: optuna.Study, trial: FrozenTrial, reason: str = "") -> None:
     """Put a copy of a failed trial's cell x seed back in the queue."""
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         user_attrs={"cell": trial.user_attrs["cell"], "seed": trial.user_attrs["seed"],
-                    "retry_of": trial.number},
+                    "retry_of": trial.number, "retry_reason": reason},
         system_attrs={"fixed_params": trial.params},
     ))
 
 
 def _requeue_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna's heartbeat callback: the trial is already FAIL; redo its cell x seed."""
     reason = "worker lost (no heartbeat)"
-    study._storage.set_trial_user_attr(trial._trial_id, "status_reason", reason)
     _end_mlflow(study, trial, "KILLED", reason)
     if "cell" in trial.user_attrs:
-        requeue(study, trial)
+        requeue(study, trial, reason)
 
 
 def reap_dead_trials(study: optuna.Study) -> int:
     """Fail and re-queue RUNNING trials whose worker died (heartbeat or, here, process gone)."""
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     storage, n = study._storage, 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _is_dead_here(t):
             continue
+        reason = f"worker died (pid {t.user_attrs['pid']})"
         try:
+            storage.set_trial_user_attr(t._trial_id, "status_reason", reason)
             if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        reason = f"worker died (pid {t.user_attrs['pid']})"
-        storage.set_trial_user_attr(t._trial_id, "status_reason", reason)
         _end_mlflow(study, t, "KILLED", reason)
-        requeue(study, t)
+        requeue(study, t, reason)
         n += 1
     return n
 
@@ -366,7 +377,8 @@ def run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | None
                 time.sleep(POLL)
                 continue
             break
-        run_trial(study, trial_id, spec, tracker, on_event)
+        with _heartbeat(study, trial_id):  # from the pop on: a trial never beaten is never stale
+            run_trial(study, trial_id, spec, tracker, on_event)
         ran += 1
     return ran
 
@@ -410,16 +422,16 @@ def run_trial(
     from gct_ablate.train import train_eval
 
     try:
-        with _heartbeat(study, trial_id):
-            metrics = train_eval(cfg, report, on_end=on_end)
+        metrics = train_eval(cfg, report, on_end=on_end)
     except optuna.TrialPruned as err:
         trial.set_user_attr("status_reason", str(err))
         tracker.end_trial(run_id, "FINISHED", str(err))
         study.tell(trial, state=TrialState.PRUNED)
         return
     except (KeyboardInterrupt, Interrupted) as err:
-        _fail(study, trial, tracker, run_id, f"interrupted ({err or 'Ctrl-C'})", "KILLED")
-        requeue(study, study._storage.get_trial(trial_id))
+        reason = f"interrupted ({err or 'Ctrl-C'})"
+        _fail(study, trial, tracker, run_id, reason, "KILLED")
+        requeue(study, study._storage.get_trial(trial_id), reason)
         raise
     except Exception as err:  # a broken trial must not stop the study
         _fail(study, trial, tracker, run_id, f"{type(err).__name__}: {err}", "FAILED")

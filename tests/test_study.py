@@ -1,0 +1,125 @@
+"""The Optuna layer: grid enqueued once, exactly-once execution, resume, dead workers."""
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+from rich.console import Console
+
+from gct_ablate._util import UsageError
+from gct_ablate.runner import run_workers
+from gct_ablate.spec import StudySpec, TrialConfig
+from gct_ablate.study import (
+    WorkerOptions,
+    _pop_waiting,
+    load_study,
+    open_storage,
+    prepare_study,
+    reap_dead_trials,
+    run_worker,
+)
+from gct_ablate.tracking import Tracker, default_tracking_uri
+
+BASE = TrialConfig(threads=1, save_model=False)
+
+
+def tiny_spec(**kw) -> StudySpec:
+    defaults = dict(vary=("p",), levels={"p": ("1", "2")}, fixed={"epochs": 1}, seeds=2,
+                    name="tiny", base=BASE)
+    return StudySpec(**{**defaults, **kw})
+
+
+def setup(tmp_path: Path, spec: StudySpec, **kw):
+    storage = open_storage(None, tmp_path)
+    tracker = Tracker(default_tracking_uri(tmp_path), artifact_root=tmp_path / "art")
+    return storage, tracker, prepare_study(spec, storage, tracker, **kw)
+
+
+def completed(study: optuna.Study) -> Counter:
+    return Counter((t.user_attrs["cell"], t.user_attrs["seed"])
+                   for t in study.get_trials(states=(TrialState.COMPLETE,)))
+
+
+def test_grid_is_enqueued_once_and_a_different_grid_is_refused(tmp_path):
+    spec = tiny_spec()
+    storage, tracker, first = setup(tmp_path, spec)
+    assert (first.enqueued, first.done) == (4, 0)
+    again = prepare_study(spec, storage, tracker)
+    assert again.enqueued == 0
+    assert len(again.study.trials) == 4
+    more_seeds = prepare_study(tiny_spec(seeds=3), storage, tracker)
+    assert more_seeds.enqueued == 2
+    with pytest.raises(UsageError, match="exists with a different grid"):
+        prepare_study(tiny_spec(levels={"p": ("1", "3")}), storage, tracker)
+    assert len(load_study(storage, "tiny").trials) == 6  # the refusal changed nothing
+    attrs = again.study.user_attrs
+    assert attrs["reference_cell"] == "p=2"
+    assert MlflowClient(default_tracking_uri(tmp_path)).get_run(attrs["mlflow_parent_run_id"])
+
+
+def test_two_worker_processes_run_every_cell_exactly_once(tmp_path):
+    spec = tiny_spec(levels={"p": ("1", "2", "inf")})
+    storage, tracker, prepared = setup(tmp_path, spec)
+    opts = WorkerOptions(study_name="tiny", storage=None, out_dir=str(tmp_path), base=BASE)
+    run_workers(opts, 2, 1, Console(quiet=True))
+    study = load_study(open_storage(None, tmp_path), "tiny")
+    done = completed(study)
+    assert sorted(done) == sorted(("p=" + p, s) for p in ("1", "2", "inf") for s in (0, 1))
+    assert set(done.values()) == {1}
+    pids = {t.user_attrs["pid"] for t in study.trials}
+    assert len(pids) == 2  # both workers took cells
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    runs = client.search_runs([study.user_attrs["mlflow_experiment_id"]])
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert len(runs) == 7 and len(children) == 6
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {
+        r.info.run_id for r in children}
+    child = children[0]
+    assert set(child.data.params) >= {"p", "norm", "activation", "placement", "seed"}
+    assert "val_top1" in child.data.metrics
+    history = client.get_metric_history(child.info.run_id, "val_loss")
+    assert [m.step for m in history][:1] == [1]
+
+
+def test_a_dead_workers_trial_is_requeued_and_finished_once(tmp_path):
+    spec = tiny_spec(seeds=1)
+    storage, _, prepared = setup(tmp_path, spec)
+    study = prepared.study
+    trial_id = _pop_waiting(study)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    storage.set_trial_user_attr(trial_id, "host", socket.gethostname())
+    storage.set_trial_user_attr(trial_id, "pid", dead.pid)
+    storage.set_trial_user_attr(trial_id, "proc", f"{dead.pid}:1")
+    assert reap_dead_trials(study) == 1
+    states = Counter(t.state for t in study.get_trials())
+    assert states == {TrialState.FAIL: 1, TrialState.WAITING: 2}
+    failed = study.get_trials(states=(TrialState.FAIL,))[0]
+    assert "worker died" in failed.user_attrs["status_reason"]
+    opts = WorkerOptions(study_name="tiny", storage=None, out_dir=str(tmp_path), base=BASE)
+    assert run_worker(opts) == 2
+    assert set(completed(study).values()) == {1} and len(completed(study)) == 2
+    # resuming a finished study queues nothing
+    assert prepare_study(spec, storage, Tracker(default_tracking_uri(tmp_path))).enqueued == 0
+
+
+def test_failed_cells_wait_for_retry_failed(tmp_path):
+    spec = tiny_spec(seeds=1, fixed={"epochs": 1, "lr": 1e8, "warmup_epochs": 0})
+    storage, tracker, _ = setup(tmp_path, spec)
+    opts = WorkerOptions(study_name="tiny", storage=None, out_dir=str(tmp_path), base=BASE)
+    run_worker(opts)
+    study = load_study(storage, "tiny")
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 2
+    assert all(t.user_attrs["status_reason"].startswith("diverged") for t in failed)
+    assert prepare_study(spec, storage, tracker).failed_left == 2
+    assert prepare_study(spec, storage, tracker, retry_failed=True).enqueued == 2
