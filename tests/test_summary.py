@@ -1,0 +1,398 @@
+"""Summary statistics (scipy as the oracle), verdicts, formats, plot, and loading from Optuna."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+from rich.console import Console
+from scipy import stats as st
+
+from gct_ablate import stats
+from gct_ablate.summary import (
+    StudyResults,
+    Summary,
+    SummaryError,
+    TrialRecord,
+    load_results,
+    plot_levels,
+    render,
+    summarize,
+    to_csv,
+    to_json,
+    to_markdown,
+)
+
+LEVELS = {"p": ["1", "2"], "activation": ["tanh", "sigmoid"]}
+REF = "p=2 activation=tanh"
+VALUES = {  # cell -> complete values, one per seed
+    "p=1 activation=tanh": [0.80, 0.81, 0.79],
+    "p=1 activation=sigmoid": [0.85],
+    "p=2 activation=tanh": [0.90, 0.92, 0.91],
+    "p=2 activation=sigmoid": [0.91, 0.93, 0.92],
+}
+METRICS = {"params_total": 272_474, "params_attention": 1_008, "seconds": 10.0}
+
+
+def spec_dict(metric: str = "val_top1", vary: tuple[str, ...] = ("p", "activation")) -> dict:
+    return {"name": "p_act", "question": "Do p and the gate matter?", "vary": list(vary),
+            "levels": {k: LEVELS[k] for k in vary}, "set": {"epochs": "15"}, "seeds": 3,
+            "metric": metric}
+
+
+def records(values: dict[str, list[float]] = VALUES) -> list[TrialRecord]:
+    out, number = [], 0
+    for cell, vals in values.items():
+        params = dict(part.split("=") for part in cell.split())
+        for seed, v in enumerate(vals):
+            out.append(TrialRecord(cell, seed, "COMPLETE", v, {**METRICS, "val_top1": v},
+                                   params, number, f"run{number}"))
+            number += 1
+    cell, params = "p=1 activation=tanh", {"p": "1", "activation": "tanh"}
+    if cell not in values:
+        return out
+    out.append(TrialRecord(cell, 3, "PRUNED", 0.10, {}, params, number))  # value never used
+    out.append(TrialRecord(cell, 4, "FAIL", None, {}, params, number + 1, reason="OOM"))
+    out.append(TrialRecord(cell, 5, "WAITING", None, {}, {}, number + 2))
+    return out
+
+
+@functools.cache
+def summary(metric: str = "val_top1", maximize: bool = True) -> Summary:
+    return summarize(StudyResults(spec_dict(metric), REF, maximize, records(), "p_act"))
+
+
+def cell(s: Summary, cell_id: str):
+    return next(c for c in s.cells if c.cell == cell_id)
+
+
+# ----------------------------------------------------------------------------- primitives
+def test_describe_matches_scipy() -> None:
+    x = [0.91, 0.93, 0.92, 0.95]
+    d = stats.describe(x)
+    sem = np.std(x, ddof=1) / math.sqrt(len(x))
+    lo, hi = st.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=sem)
+    assert d.n == 4
+    assert d.mean == pytest.approx(np.mean(x))
+    assert d.std == pytest.approx(np.std(x, ddof=1))
+    assert (d.ci_low, d.ci_high) == (pytest.approx(lo), pytest.approx(hi))
+
+
+@pytest.mark.parametrize("x, n, mean", [([], 0, None), ([0.5], 1, 0.5)])
+def test_describe_small_samples_leave_std_and_ci_undefined(x, n, mean) -> None:
+    d = stats.describe(x)
+    assert (d.n, d.mean, d.std, d.ci_low, d.ci_high) == (n, mean, None, None, None)
+
+
+def test_describe_constant_values_have_zero_width() -> None:
+    d = stats.describe([0.97, 0.97, 0.97])
+    assert (d.std, d.ci_low, d.ci_high) == (0.0, 0.97, 0.97)
+
+
+def test_welch_matches_scipy() -> None:
+    a, b = [0.80, 0.81, 0.79, 0.83], [0.90, 0.92, 0.91]
+    assert stats.welch_p(a, b) == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ([0.9], [0.9, 0.8], None),  # n < 2
+    ([0.97] * 3, [0.97] * 3, 1.0),  # identical constants (float noise would give p ~ 1e-29)
+    ([0.97] * 3, [0.98] * 3, None),  # constants that differ: t undefined
+])
+def test_welch_edge_cases(a, b, expected) -> None:
+    assert stats.welch_p(a, b) == expected
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss")  # scipy's own, as the oracle
+def test_welch_one_constant_group_is_defined() -> None:
+    a, b = [1.0, 1.0], [1.0, 2.0, 3.0]
+    assert stats.welch_p(a, b) == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def test_holm_known_example() -> None:
+    # sorted: .005*4=.02, .01*3=.03, .03*2=.06, .04*1=.04 -> monotone .06
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_holm_caps_at_one_and_skips_untested() -> None:
+    assert stats.holm([0.5, None, 0.6]) == [1.0, None, 1.0]
+    assert stats.holm([None, 0.01]) == [None, 0.01]
+    assert stats.holm([]) == []
+
+
+@pytest.mark.parametrize("delta, p, maximize, n, n_ref, expected", [
+    (0.02, 0.01, True, 3, 3, "better"),
+    (-0.02, 0.01, True, 3, 3, "worse"),
+    (-0.02, 0.01, False, 3, 3, "better"),  # val_loss: lower is better
+    (0.02, 0.01, False, 3, 3, "worse"),
+    (0.02, 0.05, True, 3, 3, "no detectable difference"),  # p must be < alpha
+    (0.02, 0.01, True, 1, 3, "too few runs"),
+    (0.02, 0.01, True, 3, 1, "too few runs"),
+    (0.02, None, True, 3, 3, "undetermined"),
+])
+def test_verdict(delta, p, maximize, n, n_ref, expected) -> None:
+    assert stats.verdict(delta, p, maximize, n, n_ref) == expected
+
+
+def test_mean_of_means_ci() -> None:
+    a, b = [0.80, 0.81, 0.79], [0.85, 0.89, 0.86, 0.88]
+    single = stats.describe(a)
+    assert stats.mean_of_means_ci([a]) == (single.mean, single.ci_low, single.ci_high)
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 4
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)
+    half = st.t.ppf(0.975, df) * math.sqrt(va + vb) / 2
+    mean = (np.mean(a) + np.mean(b)) / 2
+    assert stats.mean_of_means_ci([a, b]) == pytest.approx((mean, mean - half, mean + half))
+    assert stats.mean_of_means_ci([a, [0.9]])[1:] == (None, None)
+    assert stats.mean_of_means_ci([]) == (None, None, None)
+
+
+def test_eta_squared_matches_one_way_anova() -> None:
+    groups = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    f = st.f_oneway(*groups).statistic  # eta^2 = F df1 / (F df1 + df2)
+    assert stats.eta_squared(groups) == pytest.approx(f * 1 / (f * 1 + 4))
+    assert stats.eta_squared([[1.0], [1.0]]) is None
+
+
+# ----------------------------------------------------------------------------- summarize
+def test_summarize_cells_against_scipy() -> None:
+    s = summary()
+    assert [c.cell for c in s.cells] == [
+        "p=1 activation=tanh", "p=1 activation=sigmoid",
+        "p=2 activation=tanh", "p=2 activation=sigmoid"]  # grid order, first factor slowest
+    ref, worse, close = cell(s, REF), cell(s, "p=1 activation=tanh"), cell(
+        s, "p=2 activation=sigmoid")
+    assert ref.is_reference and ref.verdict == "reference" and ref.p_value is None
+    assert (ref.n, ref.mean, ref.std) == (3, pytest.approx(0.91), pytest.approx(0.01))
+    p_worse = st.ttest_ind(VALUES[worse.cell], VALUES[REF], equal_var=False).pvalue
+    p_close = st.ttest_ind(VALUES[close.cell], VALUES[REF], equal_var=False).pvalue
+    assert worse.p_value == pytest.approx(p_worse)
+    assert close.p_value == pytest.approx(p_close)
+    holm = stats.holm([p_worse, p_close])  # the n=1 cell is not a test
+    assert worse.p_holm == pytest.approx(holm[0]) and close.p_holm == pytest.approx(holm[1])
+    assert worse.delta == pytest.approx(-0.11) and close.delta == pytest.approx(0.01)
+    assert (worse.verdict, close.verdict) == ("worse", "no detectable difference")
+    assert (ref.params_total, ref.params_attention, ref.seconds_mean) == (272_474, 1_008, 10.0)
+
+
+def test_pruned_and_failed_counted_not_averaged() -> None:
+    c = cell(summary(), "p=1 activation=tanh")
+    assert (c.n, c.pruned, c.failed, c.waiting) == (3, 1, 1, 1)
+    assert c.mean == pytest.approx(0.80) and c.values == VALUES["p=1 activation=tanh"]
+    assert summary().counts == {"complete": 10, "pruned": 1, "failed": 1, "waiting": 1,
+                                "running": 0}
+
+
+def test_single_run_cell_is_too_few_and_na() -> None:
+    c = cell(summary(), "p=1 activation=sigmoid")
+    assert (c.n, c.mean, c.std, c.ci_low, c.p_value, c.p_holm) == (1, 0.85, None, None,
+                                                                   None, None)
+    assert c.verdict == "too few runs"
+    row = next(r for r in to_markdown(summary()).splitlines() if "p=1 activation=sigmoid" in r)
+    assert "n/a" in row and "too few runs" in row
+
+
+def test_val_loss_lower_is_better() -> None:
+    s = summary("val_loss", maximize=False)
+    assert cell(s, "p=1 activation=tanh").verdict == "better"
+    assert not s.percent
+
+
+def test_missing_cells_and_reference() -> None:
+    values = {k: v for k, v in VALUES.items() if k != REF}
+    s = summarize(StudyResults(spec_dict(), REF, True, records(values), "p_act"), importance=False)
+    ref = cell(s, REF)
+    assert (ref.n, ref.mean, ref.verdict) == (0, None, "reference")
+    assert {c.verdict for c in s.cells if not c.is_reference} == {"too few runs"}
+    assert any("reference" in n for n in s.notes)
+
+
+def test_duplicates_keep_latest_and_bad_values_fail() -> None:
+    recs = records() + [
+        TrialRecord(REF, 0, "COMPLETE", 0.95, {}, {"p": "2", "activation": "tanh"}, 100),
+        TrialRecord(REF, 9, "COMPLETE", math.nan, {}, {"p": "2", "activation": "tanh"}, 101),
+    ]
+    s = summarize(StudyResults(spec_dict(), REF, True, recs, "p_act"), importance=False)
+    ref = cell(s, REF)
+    assert sorted(ref.values) == [0.91, 0.92, 0.95] and ref.failed == 1
+    assert len(s.notes) == 2
+
+
+def test_zero_variance_cells() -> None:
+    values = {"p=1": [0.97] * 3, "p=2": [0.98] * 3, "p=inf": [0.98] * 3}
+    spec = {**spec_dict(vary=("p",)), "levels": {"p": ["1", "2", "inf"]}}
+    s = summarize(StudyResults(spec, "p=2", True, records(values), "p"), importance=False)
+    assert [(c.p_value, c.verdict) for c in s.cells] == [
+        (None, "undetermined"), (None, "reference"), (1.0, "no detectable difference")]
+    assert cell(s, "p=inf").p_holm == 1.0  # a family of one: the undetermined cell is no test
+    assert any("undetermined" in n for n in s.notes)
+
+
+def test_importance_failure_never_breaks_the_summary(monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise RuntimeError("zero total variance\nsecond line")
+
+    monkeypatch.setattr(optuna.importance, "get_param_importances", boom)
+    s = summarize(StudyResults(spec_dict(), REF, True, records(), "p_act"))
+    assert s.importance_method == "n/a: fANOVA failed (RuntimeError: zero total variance)"
+    assert [f.importance for f in s.factors] == [None, None]
+
+
+def test_factor_marginals() -> None:
+    s = summary()
+    p = next(f for f in s.factors if f.name == "p")
+    one, two = p.levels
+    assert (one.level, one.n, one.n_cells, one.is_reference) == ("1", 4, 2, False)
+    assert one.mean == pytest.approx((0.80 + 0.85) / 2)  # mean of cell means, not of runs
+    assert one.ci_low is None  # a contributing cell has n = 1
+    mean, lo, hi = stats.mean_of_means_ci([VALUES[REF], VALUES["p=2 activation=sigmoid"]])
+    assert (two.mean, two.ci_low, two.ci_high) == (mean, lo, hi) and two.is_reference
+    assert p.eta_squared is not None and 0 < p.eta_squared <= 1
+
+
+def test_importance_two_factors_fanova() -> None:
+    s = summary()
+    imp = {f.name: f.importance for f in s.factors}
+    assert s.importance_method.startswith("fANOVA")
+    assert sum(imp.values()) == pytest.approx(1.0) and imp["p"] > imp["activation"]
+
+
+def test_importance_ped_anova_with_many_trials() -> None:
+    rng = np.random.default_rng(0)
+    values = {f"p={p} activation={a}": list(0.9 - 0.05 * (p == "1") + rng.normal(0, .005, 15))
+              for p in LEVELS["p"] for a in LEVELS["activation"]}
+    s = summarize(StudyResults(spec_dict(), REF, True, records(values), "p_act"))
+    assert s.importance_method.startswith("PED-ANOVA")
+    assert all(f.importance is not None for f in s.factors)
+
+
+def test_importance_single_factor_and_none() -> None:
+    values = {"p=1": [0.8, 0.81], "p=2": [0.9, 0.91]}
+    s = summarize(StudyResults(spec_dict(vary=("p",)), "p=2", True, records(values), "p"))
+    assert s.factors[0].importance is None and s.importance_method.startswith("n/a")
+    assert s.factors[0].eta_squared == pytest.approx(0.99, abs=0.01)
+    single = summarize(StudyResults(spec_dict(vary=()), "", True,
+                                    records({"": [0.9, 0.91]}), "base"))
+    assert [c.verdict for c in single.cells] == ["reference"] and single.factors == []
+
+
+# ----------------------------------------------------------------------------- formats
+def test_csv_round_trip() -> None:
+    rows = list(csv.DictReader(io.StringIO(to_csv(summary()))))
+    assert [r["cell"] for r in rows] == [c.cell for c in summary().cells]
+    worse = rows[0]
+    assert float(worse["mean"]) == pytest.approx(0.80) and worse["verdict"] == "worse"
+    assert rows[1]["std"] == "" and rows[1]["n"] == "1"
+    assert rows[0]["pruned"] == "1" and rows[0]["failed"] == "1"
+
+
+def test_json_has_everything() -> None:
+    data = json.loads(to_json(summary()))
+    assert data["reference_cell"] == REF and data["percent"] is True
+    assert data["cells"][1]["std"] is None
+    assert data["factors"][0]["levels"][0]["level"] == "1"
+    assert "Welch" in data["methods"]["test"]
+
+
+def test_markdown_and_table_rows() -> None:
+    md = to_markdown(summary())
+    assert "| p=1 activation=tanh | 3 | 80.00 ± 1.00 |" in md
+    assert "-11.00" in md and "Do p and the gate matter?" in md
+    console = Console(record=True, width=250)
+    render(summary(), "table", console)
+    text = console.export_text()
+    assert "p=2 activation=sigmoid" in text and "no detectable difference" in text
+    assert "10 complete, 1 pruned, 1 failed, 1 waiting, 0 running" in text
+    loss = to_markdown(summary("val_loss", maximize=False))
+    assert "0.8000 ± 0.0100" in loss
+
+
+@pytest.mark.parametrize("fmt, check", [
+    ("json", json.loads),
+    ("csv", lambda t: list(csv.reader(io.StringIO(t)))),
+    ("markdown", lambda t: t.index("## Cells")),
+])
+def test_render_machine_formats_are_plain(fmt, check) -> None:
+    console = Console(file=io.StringIO(), width=40, force_terminal=True)
+    render(summary(), fmt, console)
+    out = console.file.getvalue()
+    assert "\x1b[" not in out  # no colour codes in piped output
+    check(out)
+
+
+def test_render_unknown_format() -> None:
+    with pytest.raises(SummaryError, match="valid: table, markdown, csv, json"):
+        render(summary(), "xml", Console(file=io.StringIO()))
+
+
+@pytest.mark.parametrize("vary", [("p", "activation"), ("p",)])
+def test_plot_levels_writes_png(tmp_path, vary) -> None:
+    values = {k: v for k, v in VALUES.items() if "sigmoid" not in k} if len(vary) == 1 else VALUES
+    values = {k.split()[0]: v for k, v in values.items()} if len(vary) == 1 else values
+    ref = "p=2" if len(vary) == 1 else REF
+    s = summarize(StudyResults(spec_dict(vary=vary), ref, True, records(values), "x"),
+                  importance=False)
+    path = plot_levels(s, tmp_path / "levels.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- loading
+def _write_study(storage, name: str = "p_act") -> None:
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    for key, value in {"spec": spec_dict(), "reference_cell": REF, "fingerprint": "abc",
+                       "direction_maximize": True, "mlflow_experiment_id": "7"}.items():
+        study.set_user_attr(key, value)
+    dists = {n: CategoricalDistribution(v) for n, v in LEVELS.items()}
+    states = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED,
+              "FAIL": TrialState.FAIL, "WAITING": TrialState.WAITING}
+    for r in records():
+        attrs = {"cell": r.cell, "seed": r.seed}
+        if r.state != "WAITING":
+            attrs.update(metrics=r.metrics, mlflow_run_id=r.mlflow_run_id or "x")
+        if r.reason:
+            attrs["status_reason"] = r.reason
+        study.add_trial(create_trial(
+            state=states[r.state], value=r.value, user_attrs=attrs,
+            params=r.params or None, distributions=dists if r.params else None))
+
+
+def test_load_results_from_sqlite(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _write_study(url)
+    results = load_results(url, "p_act")
+    assert (results.reference_cell, results.maximize, results.fingerprint) == (REF, True, "abc")
+    assert results.tracking == {"mlflow_experiment_id": "7"}
+    assert "MLflow: experiment 7" in to_markdown(summarize(results, importance=False))
+    failed = next(t for t in results.trials if t.state == "FAIL")
+    assert failed.reason == "OOM" and failed.cell == "p=1 activation=tanh"
+    loaded, expected = summarize(results), summary()
+    for got, want in zip(loaded.cells, expected.cells, strict=True):
+        assert (got.cell, got.n, got.verdict, got.pruned, got.failed) == (
+            want.cell, want.n, want.verdict, want.pruned, want.failed)
+        assert got.mean == pytest.approx(want.mean) and got.p_holm == pytest.approx(want.p_holm)
+    assert loaded.counts == expected.counts
+
+
+def test_load_results_missing_study_lists_names(tmp_path) -> None:
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "j.log")))
+    optuna.create_study(study_name="other", storage=storage)
+    with pytest.raises(SummaryError, match="no study 'p_act' in .*existing studies: other"):
+        load_results(storage, "p_act")
+
+
+def test_load_results_missing_sqlite_file_is_not_created(tmp_path) -> None:
+    path = tmp_path / "typo.db"
+    with pytest.raises(SummaryError, match="no storage file"):
+        load_results(f"sqlite:///{path}", "p_act")
+    assert not path.exists()
