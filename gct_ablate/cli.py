@@ -60,7 +60,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def _levels_help(name: str) -> str:
     f = FACTORS[name]
     allowed = ", ".join(f.choices) if f.choices else ", ".join(f.levels)
-    return f"{f.help}. Levels: {allowed}. [paper/default: {f.reference}]"
+    return f"{f.help}. Levels: {allowed}. (paper/default: {f.reference})"
 
 
 def _out_dir(out: Path) -> Path:
@@ -251,24 +251,24 @@ def run(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Hold factors fixed, e.g. --set epochs=30,model=resnet56 (repeatable).")]
     = None,
-    seeds: Annotated[int | None, typer.Option(min=1, help="Replicates per cell [default: 3].")]
+    seeds: Annotated[int | None, typer.Option(min=1, help="Replicates per cell (default: 3).")]
     = None,
     study: Annotated[str | None, typer.Option(
-        help="Study name [default: derived from what varies, e.g. vary-p-activation].")] = None,
+        help="Study name (default: derived from what varies, e.g. vary-p-activation).")] = None,
     metric: Annotated[str | None, typer.Option(
         help="val_top1 (default), val_top5 or val_loss.")] = None,
     out: Out = DEFAULT_OUT,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
     workers: Annotated[int | None, typer.Option(
-        min=1, help="Local worker processes sharing the storage [default: min(cores, 4)].")]
+        min=1, help="Local worker processes sharing the storage (default: min(cores, 4)).")]
     = None,
     pruner: Annotated[str, typer.Option(help="none (compare complete runs), median, hyperband.")]
     = "none",
     retry_failed: Annotated[bool, typer.Option(help="Re-queue failed cells.")] = False,
     save_models: Annotated[bool | None, typer.Option(
         "--save-models/--no-save-models",
-        help="Log trained weights to MLflow [default: on below 5 M parameters].")] = None,
+        help="Log trained weights to MLflow (default: on below 5 M parameters).")] = None,
     device: Device = "auto",
     threads: Threads = None,
     data_dir: DataDir = None,
@@ -345,17 +345,23 @@ def _ui(uri: str) -> str:
 
 def _finish(storage: Any, name: str, tracker: Any, fmt: str, out: Path) -> None:
     """Print the summary and log it (markdown, CSV, plot) on the study's parent run."""
+    from gct_ablate import density
     from gct_ablate import summary as sm
     from gct_ablate.study import load_study
 
     results = sm.load_results(storage, name)
     summary = sm.summarize(results)
     sm.render(summary, fmt, console)
+    figures = [sm.plot_levels(summary, out / f"{name}-levels.png")]
+    if density.applies(results):
+        if fmt == "table":
+            console.print(density.density_table(results))
+        figures.append(out / f"{name}-density.png")
+        density.plot_density(results).savefig(figures[-1], dpi=110)
     study = load_study(storage, name)
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if parent:
-        figure = sm.plot_levels(summary, out / f"{name}-levels.png")
-        tracker.log_summary(parent, sm.to_markdown(summary), sm.to_csv(summary), [figure])
+        tracker.log_summary(parent, sm.to_markdown(summary), sm.to_csv(summary), figures)
         if _all_done(study):
             tracker.finish_parent(parent)
 
@@ -461,7 +467,7 @@ def status(
 @one_line_errors
 def summary(
     study: Annotated[str | None, typer.Argument(
-        help="Name of the study [default: the only study in the storage].")] = None,
+        help="Name of the study (default: the only study in the storage).")] = None,
     storage: Storage = None,
     out: Out = DEFAULT_OUT,
     fmt: Fmt = "table",
