@@ -1,0 +1,131 @@
+"""Timing helpers shared by the benchmarks: interleaved rounds, medians, per-round ratios.
+
+The machine is shared and noisy, so candidates are never timed one after the other:
+each round runs every candidate once (in a rotating order) and ratios are taken within a
+round, then summarised by their median and min-max over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Seconds per call of one candidate, one value per round."""
+
+    values: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def text(self, unit: float = 1e-3, suffix: str = "ms") -> str:
+        lo, hi = min(self.values) / unit, max(self.values) / unit
+        return f"{self.median / unit:.3g} {suffix} ({lo:.3g}-{hi:.3g})"
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Per-round ratios ``slow / fast`` (how many times faster ``fast`` is)."""
+
+    values: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def text(self) -> str:
+        return f"{self.median:.2f}x ({min(self.values):.2f}-{max(self.values):.2f})"
+
+
+def clock() -> Callable[[], float]:
+    """Thread CPU time with one torch thread (immune to time slices lost to other users of
+    a shared machine), else wall-clock time."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
+def clock_name() -> str:
+    return "thread CPU time" if clock() is time.thread_time else "wall-clock time"
+
+
+def interleaved(cases: Mapping[str, Callable[[], object]], rounds: int = 15, warmup: int = 2,
+                number: int = 1) -> dict[str, Samples]:
+    """Time every case once per round (rotating the order); ``number`` calls per sample."""
+    now = clock()
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = now()
+            for _ in range(number):
+                cases[name]()
+            times[name].append((now() - start) / number)
+    return {name: Samples(tuple(v)) for name, v in times.items()}
+
+
+def ratio(samples: Mapping[str, Samples], slow: str, fast: str) -> Ratio:
+    """Round-by-round ``slow / fast`` time ratios."""
+    pairs = zip(samples[slow].values, samples[fast].values, strict=True)
+    return Ratio(tuple(s / f for s, f in pairs))
+
+
+def set_threads(threads: int) -> int:
+    """Fix torch's intra-op threads (and print them): benchmarks never rely on a default."""
+    torch.set_num_threads(threads)
+    n = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {n} thread(s) of {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}, timing by {clock_name()}")
+    return n
+
+
+def tune_malloc() -> bool:
+    """Keep freed heap memory for reuse (glibc): no page faults on every large allocation.
+
+    With glibc's defaults, tensors of a few MiB are returned to the OS when freed and the
+    next allocation faults its pages in again, which can cost more than the kernel that
+    fills them. True if applied (glibc only).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
+                and libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+def arg_parser(description: str, rounds: int) -> argparse.ArgumentParser:
+    """Common options: --threads, --rounds, --tune-malloc."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: stable on a shared machine)")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved timing rounds")
+    parser.add_argument("--tune-malloc", action="store_true",
+                        help="glibc mallopt: keep freed memory (see _util.tune_malloc)")
+    return parser
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Apply --tune-malloc and --threads, and print the settings."""
+    if args.tune_malloc:
+        print(f"glibc malloc tuned: {tune_malloc()}")
+    set_threads(args.threads)
+
+
+def verdict(checks: Sequence[tuple[str, bool]]) -> str:
+    """One line: PASS or FAIL with the failed checks named."""
+    failed = [name for name, ok in checks if not ok]
+    return "VERDICT: PASS" if not failed else "VERDICT: FAIL (" + "; ".join(failed) + ")"

@@ -1,0 +1,110 @@
+"""Benchmark 2 (issue 6): one training step of ResNet-20 with GCT before every conv.
+
+Batch 128 of 32x32 inputs, 10 classes, SGD with momentum; forward, backward and optimizer
+step. Side by side in one run: no attention ("plain"), the tool's GCT (default), the same
+with ``recompute=True``, the eager transcription of the formula ("reference",
+``fused=False``) and the memory floor gate of benchmarks.gct_op ("floor", the cheapest
+possible channel gate). Target: GCT overhead over plain at most 10% on CPU.
+
+    python -m benchmarks.train_step [--threads 1] [--rounds 15] [--channels-last]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks._util import arg_parser, interleaved, ratio, setup, verdict
+from benchmarks.gct_op import floor
+from gct_ablate.gct import GatedConv
+from gct_ablate.models import attention_modules, build_model
+
+OVERHEAD_TARGET = 1.10
+VARIANTS: dict[str, dict] = {
+    "plain": dict(attention="none"),
+    "gct": dict(attention="gct", attention_options={}),
+    "gct-recompute": dict(attention="gct", attention_options=dict(recompute=True)),
+    "reference": dict(attention="gct", attention_options=dict(fused=False)),
+    "floor": dict(attention="gct", attention_options={}),  # attn replaced by the floor
+}
+DESCRIPTIONS = {
+    "plain": "no attention",
+    "gct": "the tool's default: fused GCT, the conv stores x*gate",
+    "gct-recompute": "recompute=True: fused GCT+conv, x*gate recomputed in backward",
+    "reference": "eager formula (fused=False), the conv stores x*gate",
+    "floor": "memory floor gate (sum + multiply, fwd and bwd) before every conv",
+}
+
+
+class FloorGate(nn.Module):
+    """benchmarks.gct_op's memory floor as a module: the cheapest possible channel gate."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return floor(x)
+
+
+def build(variant: str, channels_last: bool = False, seed: int = 0) -> nn.Module:
+    """ResNet-20 for 10 classes with the variant's attention at every conv."""
+    torch.manual_seed(seed)
+    model = build_model("resnet20", 10, 3, placement="every-conv", **VARIANTS[variant])
+    for site in attention_modules(model):  # leave the identity init: a trained-like gate
+        with torch.no_grad():
+            site.module.gamma.normal_(0, 0.5)
+            site.module.beta.normal_(0, 0.5)
+    for module in model.modules():
+        if isinstance(module, GatedConv) and variant == "floor":
+            module.attn = FloorGate()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def batch(batch_size: int = 128, channels_last: bool = False) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (batch_size,), generator=g)
+    return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y
+
+
+def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], float]:
+    """One SGD training step (the closure the benchmarks time)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def main() -> None:
+    parser = arg_parser(__doc__.splitlines()[0], rounds=15)
+    parser.add_argument("--channels-last", action="store_true")
+    args = parser.parse_args()
+    setup(args)
+    x, y = batch(channels_last=args.channels_last)
+    names = ("plain", "gct", "gct-recompute", "reference", "floor")
+    steps = {v: step_fn(build(v, args.channels_last), x, y) for v in names}
+    t = interleaved(steps, rounds=args.rounds, warmup=3)
+    layout = "channels_last" if args.channels_last else "contiguous"
+    print(f"\nResNet-20, batch 128, 32x32, {layout}, GCT before all 21 convs; "
+          "median (min-max) per step")
+    for name, samples in t.items():
+        print(f"  {name:13s} {samples.text():28s} {DESCRIPTIONS[name]}")
+    overhead = ratio(t, "gct", "plain")
+    print(f"GCT / plain:          {overhead.text()}   (target <= {OVERHEAD_TARGET:.2f})")
+    print(f"recompute / plain:    {ratio(t, 'gct-recompute', 'plain').text()}")
+    print(f"reference / plain:    {ratio(t, 'reference', 'plain').text()}")
+    print(f"reference / GCT:      {ratio(t, 'reference', 'gct').text()}")
+    print(f"floor / plain:        {ratio(t, 'floor', 'plain').text()}   (the cheapest gate)")
+    print(verdict([(f"GCT overhead {overhead.median:.2f} > {OVERHEAD_TARGET}",
+                    overhead.median <= OVERHEAD_TARGET)]))
+
+
+if __name__ == "__main__":
+    main()

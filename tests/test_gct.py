@@ -1,0 +1,376 @@
+"""GCT: parity with the published formulas, gradients, options, dtypes, layouts, SE, factory.
+
+Every GCT test taking ``impl`` runs on both implementations: the fused autograd functions
+(the default; "fused-bn" forces their batch-norm-kernel backward, used for large inputs)
+and the eager reference (``fused=False``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from gct_ablate import _gct_fused
+from gct_ablate.gct import (
+    ACTIVATIONS,
+    ATTENTION_KINDS,
+    GCT,
+    NORMS,
+    GatedConv,
+    SqueezeExcite,
+    is_attention,
+    make_attention,
+)
+
+IMPLS = ("fused", "fused-bn", "eager")  # fused-bn: the batch-norm kernel path at any size
+PS = (1.0, 1.5, 2.0, 3.0, math.inf, "gap")
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    threads = torch.get_num_threads()
+    if request.param == "fused-bn":  # one thread: the kernel parallelises even tiny inputs
+        monkeypatch.setattr(_gct_fused, "_BN_MIN_NUMEL", 0)
+        torch.set_num_threads(1)
+    yield request.param
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------ oracle: GCT.md, transcribed
+def published_l2(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5
+                 ) -> Tensor:
+    embedding = (x.pow(2).sum((2, 3), keepdim=True) + eps).pow(0.5) * alpha
+    norm = gamma / (embedding.pow(2).mean(dim=1, keepdim=True) + eps).pow(0.5)
+    return x * (1.0 + torch.tanh(embedding * norm + beta))
+
+
+def published_l1(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, after_relu: bool,
+                 eps: float = 1e-5) -> Tensor:
+    embedding = (x if after_relu else x.abs()).sum((2, 3), keepdim=True) * alpha
+    norm = gamma / (embedding.abs().mean(dim=1, keepdim=True) + eps)
+    return x * (1.0 + torch.tanh(embedding * norm + beta))
+
+
+# --------------------------------------------------------------------------- helpers
+def make_gct(impl: str, channels: int, dtype: torch.dtype = torch.float64, seed: int = 0,
+             **options) -> GCT:
+    """A GCT with non-trivial parameters (far from the identity init)."""
+    module = GCT(channels, fused=impl != "eager", **options).to(dtype)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, center, scale in (("alpha", 1.0, 0.3), ("gamma", 0.0, 1.5), ("beta", 0.0, 0.5)):
+            t = getattr(module, name)
+            t.copy_(center + scale * torch.randn(t.shape, generator=g, dtype=dtype))
+    return module
+
+
+def randn(*shape: int, dtype: torch.dtype = torch.float64, seed: int = 1) -> Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def outputs_and_grads(fn, x: Tensor, params: list[Tensor], dy: Tensor) -> list[Tensor]:
+    x = x.detach().clone().requires_grad_()
+    y = fn(x)
+    return [y, *torch.autograd.grad(y, [x, *params], dy)]
+
+
+def params_of(m: GCT) -> list[Tensor]:
+    return [m.alpha, m.gamma, m.beta]
+
+
+# -------------------------------------------------------------- published formulas
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-6), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("mode", ["l2", "l1", "l1-after-relu"])
+def test_parity_with_published_formulas(impl: str, dtype: torch.dtype, tol: float, mode: str):
+    after_relu = mode == "l1-after-relu"
+    options = dict(p=2.0, norm="l2") if mode == "l2" else dict(p=1.0, norm="l1")
+    m = make_gct(impl, 8, dtype, after_relu=after_relu, **options)
+    x = randn(3, 8, 5, 6, dtype=dtype)
+    x = x.relu() if after_relu else x
+    dy = randn(3, 8, 5, 6, dtype=dtype, seed=2)
+
+    def oracle(x):
+        if mode == "l2":
+            return published_l2(x, *params_of(m))
+        return published_l1(x, *params_of(m), after_relu)
+
+    got = outputs_and_grads(m, x, params_of(m), dy)
+    want = outputs_and_grads(oracle, x, params_of(m), dy)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("p", PS)
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_identity_at_init(impl: str, p, norm: str, activation: str):
+    m = GCT(6, p=p, norm=norm, activation=activation, fused=impl != "eager")
+    x = randn(2, 6, 4, 5, dtype=torch.float32)
+    assert torch.equal(m(x), x)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("p", PS)
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gradcheck_every_option(fused: bool, p, norm: str, activation: str):
+    """Every p x norm x activation, input and parameter gradients (fast-mode gradcheck)."""
+    m = make_gct("fused" if fused else "eager", 4, p=p, norm=norm, activation=activation)
+    x = randn(2, 4, 3, 3).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, *_: m(x), (x, *params_of(m)), fast_mode=True)
+
+
+@pytest.mark.parametrize("options", [
+    *(dict(p=p) for p in PS),
+    *(dict(norm=n) for n in NORMS[1:]),
+    *(dict(activation=a) for a in ACTIVATIONS[1:]),
+])
+def test_gradcheck_full_jacobian(impl: str, options: dict):
+    m = make_gct(impl, 4, **options)
+    x = randn(2, 4, 3, 3).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, *_: m(x), (x, *params_of(m)))
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_gradcheck_after_relu(impl: str, norm: str):
+    m = make_gct(impl, 4, p=1.0, norm=norm, after_relu=True)
+    x = (randn(2, 4, 3, 3).abs() + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, *_: m(x), (x, *params_of(m)))
+
+
+@pytest.mark.parametrize("p", PS)
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_float32_accuracy(p, norm: str, activation: str, channels_last: bool):
+    """Fused float32 against the float64 truth (as close as, or closer than, eager float32)."""
+    fused = make_gct("fused", 8, torch.float32, p=p, norm=norm, activation=activation)
+    truth = make_gct("eager", 8, torch.float64, p=p, norm=norm, activation=activation)
+    x, dy = randn(4, 8, 9, 7), randn(4, 8, 9, 7, seed=3)
+    if channels_last:
+        x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    want = outputs_and_grads(truth, x, params_of(truth), dy)
+    got = outputs_and_grads(fused, x.float(), params_of(fused), dy.float())
+    for g, w in zip(got, want, strict=True):
+        scale = w.abs().max().clamp(min=1).item()  # errors relative to the tensor's scale
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_fused_path_is_used_and_saves_only_x():
+    m = GCT(8, gamma_init="normal", beta_init="normal")
+    x = randn(4, 8, 16, 16, dtype=torch.float32).requires_grad_()
+    saved: list[Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = m(x)
+    assert "GCTFunction" in type(y.grad_fn).__name__
+    big = [t for t in saved if t.numel() > 4 * 8]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
+
+
+# ---------------------------------------------------------------------- validation
+@pytest.mark.parametrize("options, match", [
+    (dict(p=0.5), "p must be >= 1"),
+    (dict(p=-1), "p must be >= 1"),
+    (dict(p=float("nan")), "p must be >= 1"),
+    (dict(p="max"), "invalid p"),
+    (dict(p=True), "invalid p"),
+    (dict(p=None), "invalid p"),
+    (dict(norm="l3"), "unknown norm"),
+    (dict(activation="relu"), "unknown activation"),
+    (dict(alpha_init="uniform"), "unknown alpha_init"),
+    (dict(gamma_init="xavier"), "unknown gamma_init"),
+    (dict(beta_init=0), "unknown beta_init"),
+    (dict(eps=0.0), "invalid eps"),
+    (dict(eps=-1e-5), "invalid eps"),
+    (dict(eps=float("inf")), "invalid eps"),
+])
+def test_rejects_bad_options(options, match: str):
+    with pytest.raises(ValueError, match=match):
+        GCT(8, **options)
+
+
+@pytest.mark.parametrize("channels", [0, -3, 2.5, True, "8"])
+@pytest.mark.parametrize("kind", ["gct", "se", "none"])
+def test_rejects_bad_channels(channels, kind: str):
+    with pytest.raises(ValueError, match="invalid channels"):
+        make_attention(kind, channels)
+
+
+def test_accepts_p_spellings():
+    assert GCT(4, p="inf").p == math.inf
+    assert GCT(4, p=float("inf")).p == math.inf
+    assert GCT(4, p="gap").p == "gap"
+    assert GCT(4, p=3).p == 3.0
+    assert GCT(4, p="1.5").p == 1.5
+
+
+# ------------------------------------------------------------ layouts and dtypes
+def test_channels_last(impl: str):
+    m = make_gct(impl, 8, torch.float32)
+    x, dy = randn(2, 8, 6, 5, dtype=torch.float32), randn(2, 8, 6, 5, dtype=torch.float32, seed=4)
+    xc, dyc = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    got = outputs_and_grads(m, xc, params_of(m), dyc)
+    want = outputs_and_grads(m, x, params_of(m), dy)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("p, norm", [(2.0, "l2"), (1.0, "l1"), (3.0, "layer"), ("gap", "none")])
+def test_low_precision_input_reduces_in_float32(impl: str, dtype: torch.dtype, p, norm: str):
+    m = make_gct(impl, 8, torch.float32, p=p, norm=norm)
+    x = (1e3 * randn(2, 8, 32, 32, dtype=torch.float32)).to(dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        gate = m.gate(x)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert gate.dtype == torch.float32 and gate.shape == (2, 8, 1, 1)
+    exact = make_gct("eager", 8, torch.float64, p=p, norm=norm).gate(x.detach().double())
+    torch.testing.assert_close(gate.double(), exact, rtol=1e-4, atol=1e-4)
+    y.float().square().mean().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(t.grad).all() for t in params_of(m))
+
+
+# ------------------------------------------------------------- parameters, inits
+@pytest.mark.parametrize("options, per_channel", [
+    ({}, 3),
+    (dict(learn_alpha=False), 2),
+    (dict(learn_beta=False), 2),
+    (dict(learn_gamma=False), 2),
+    (dict(learn_alpha=False, learn_beta=False), 1),
+    (dict(learn_alpha=False, learn_beta=False, learn_gamma=False), 0),
+])
+def test_removed_parameters_are_buffers(options, per_channel: int):
+    m = GCT(16, gamma_init="ones", beta_init="ones", **options)
+    assert sum(p.numel() for p in m.parameters()) == per_channel * 16
+    names = {n for n, _ in m.named_parameters()}
+    for name in ("alpha", "gamma", "beta"):
+        learned = options.get(f"learn_{name}", True)
+        assert (name in names) == learned
+        assert (name in dict(m.named_buffers())) != learned
+        assert getattr(m, name).shape == (1, 16, 1, 1)
+        assert name in m.state_dict()
+    if not options.get("learn_alpha", True):
+        assert torch.equal(m.alpha, torch.ones(1, 16, 1, 1))
+    if not options.get("learn_beta", True):
+        assert torch.equal(m.beta, torch.zeros(1, 16, 1, 1))
+    assert torch.equal(m.gamma, torch.ones(1, 16, 1, 1))  # gamma keeps its init, learned or not
+
+
+def test_initialisations():
+    torch.manual_seed(0)
+    m = GCT(512, alpha_init="normal", gamma_init="normal", beta_init="ones")
+    assert abs(m.alpha.mean().item() - 1) < 0.03 and abs(m.alpha.std().item() - 0.1) < 0.02
+    assert abs(m.gamma.mean().item()) < 0.03 and abs(m.gamma.std().item() - 0.1) < 0.02
+    assert torch.equal(m.beta, torch.ones(1, 512, 1, 1))
+    d = GCT(4)
+    assert torch.equal(d.alpha, torch.ones(1, 4, 1, 1)) and not d.gamma.any() and not d.beta.any()
+    z = GCT(4, alpha_init="zeros")
+    assert not z.alpha.any()
+
+
+def test_gate_method(impl: str):
+    m = make_gct(impl, 8, torch.float64, p=3.0, norm="layer", activation="softsign")
+    x = randn(2, 8, 5, 5)
+    gate = m.gate(x)
+    assert gate.shape == (2, 8, 1, 1)
+    torch.testing.assert_close(m(x), x * gate)
+    assert gate.min() > 0 and gate.max() < 2
+
+
+# ---------------------------------------------------------------------- SE, factory
+def test_squeeze_excite():
+    se = SqueezeExcite(64)
+    assert sum(p.numel() for p in se.parameters()) == 64 * 4 + 4 + 4 * 64 + 64
+    assert sum(p.numel() for p in SqueezeExcite(256).parameters()) == 2 * 256 * 16 + 16 + 256
+    assert sum(p.numel() for p in SqueezeExcite(3).parameters()) == 3 * 4 + 4 + 4 * 3 + 3
+    x = randn(2, 64, 4, 4, dtype=torch.float32)
+    gate = se.gate(x)
+    assert se(x).shape == x.shape and ((gate > 0) & (gate < 1)).all()
+    with pytest.raises(ValueError, match="invalid reduction"):
+        SqueezeExcite(64, reduction=0)
+
+
+def test_make_attention():
+    assert ATTENTION_KINDS == ("gct", "se", "none")
+    gct = make_attention("gct", 32, p=3.0, norm="l1", recompute=True)
+    assert isinstance(gct, GCT) and gct.channels == 32 and gct.p == 3.0 and gct.recompute
+    assert sum(p.numel() for p in gct.parameters()) == 3 * 32
+    se = make_attention("se", 32, p=3.0, norm="l1", after_relu=True)
+    assert isinstance(se, SqueezeExcite) and se.channels == 32
+    assert isinstance(make_attention("none", 32, p=3.0), nn.Identity)
+    assert is_attention(gct) and is_attention(se) and not is_attention(nn.Identity())
+    with pytest.raises(ValueError, match="unknown attention 'cbam'; valid: gct, se, none"):
+        make_attention("cbam", 32)
+    with pytest.raises(TypeError):
+        make_attention("gct", 32, not_an_option=1)
+
+
+# -------------------------------------------------------- GatedConv and recompute
+def _saved_bytes(fn) -> tuple[Tensor, int]:
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(storages.values())
+
+
+@pytest.mark.parametrize("conv", [
+    dict(kernel_size=3, padding=1, bias=False),
+    dict(kernel_size=1, stride=2, bias=True),
+    dict(kernel_size=3, padding=2, dilation=2, groups=2, bias=True),
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gated_conv_recompute(impl: str, conv: dict, channels_last: bool):
+    torch.manual_seed(0)
+    gct = make_gct(impl, 8, torch.float32)
+    plain = GatedConv(gct, nn.Conv2d(8, 12, **conv))
+    x = randn(4, 8, 16, 16, dtype=torch.float32)
+    if channels_last:
+        plain = plain.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    params = list(plain.parameters())
+    dy_shape = plain(x).shape
+    dy = randn(*dy_shape, dtype=torch.float32, seed=5)
+
+    def run():
+        return outputs_and_grads(plain, x, params, dy)
+
+    x_bytes = x.numel() * 4
+    want = run()
+    (gct_y, default_bytes) = _saved_bytes(lambda: plain(x.requires_grad_()))
+    gct.recompute = True
+    got = run()
+    (_, recompute_bytes) = _saved_bytes(lambda: plain(x.requires_grad_()))
+    x.requires_grad_(False)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    assert default_bytes >= 2 * x_bytes  # x and the gated copy that the conv keeps
+    assert recompute_bytes < 1.1 * x_bytes + 4 * plain.conv.weight.numel() + 10_000
+
+
+def test_gated_conv_fused_gradcheck():
+    gct = make_gct("fused", 4, recompute=True)
+    conv = nn.Conv2d(4, 3, 3, padding=1, bias=True).double()
+    module = GatedConv(gct, conv)
+    x = randn(2, 4, 4, 4).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, *_: module(x), (x, *module.parameters()))
+
+
+def test_gated_conv_without_attention_grad():
+    module = GatedConv(make_gct("fused", 4, recompute=True), nn.Conv2d(4, 3, 3)).double()
+    module.conv.requires_grad_(False)
+    x = randn(2, 4, 5, 5)
+    out = module(x)  # the stem: input without grad, only the GCT parameters learn
+    out.sum().backward()
+    assert module.attn.gamma.grad is not None and module.conv.weight.grad is None
