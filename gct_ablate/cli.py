@@ -402,10 +402,12 @@ def worker(
     out = _out_dir(out)
     opened = open_storage(storage, out)
     found = load_study(opened, study)
-    if tracking_uri is None and "tracking_uri" in found.user_attrs:
-        from gct_ablate.tracking import check_tracking
+    if "fingerprint" not in found.user_attrs:
+        raise UsageError(f"study {study!r} was not made by gct-ablate (or is being created: "
+                         "start workers once `run` has queued the grid)")
+    from gct_ablate.tracking import check_tracking
 
-        check_tracking(found.user_attrs["tracking_uri"])
+    check_tracking(tracking_uri or found.user_attrs["tracking_uri"])
     base = TrialConfig(device=device, threads=threads, data_dir=data_dir, download=download)
     spec = spec_from_attrs(found.user_attrs, base)
     _preflight_data(spec)

@@ -69,13 +69,15 @@ def open_storage(
         except OSError as err:
             raise UsageError(f"cannot use storage {path}: {err.strerror or err}") from None
     try:
-        return optuna.storages.RDBStorage(
-            _driver_url(storage),
-            engine_kwargs={"pool_pre_ping": True, **_connect_timeout(storage)},
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=_requeue_stale,
-        )
+        with warnings.catch_warnings():  # Optuna calls heartbeats experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                _driver_url(storage),
+                engine_kwargs={"pool_pre_ping": True, **_connect_timeout(storage)},
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=_requeue_stale,
+            )
     except Exception as err:  # sqlalchemy/driver errors differ per backend
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot open storage {mask_url(storage)}: {reason}") from None
@@ -150,9 +152,12 @@ def prepare_study(
     """Create or resume the study: refuse a different grid, enqueue what is missing."""
     name = spec.study_name
     direction = "maximize" if spec.maximize else "minimize"
-    study = optuna.create_study(
-        study_name=name, storage=storage, direction=direction, load_if_exists=True
-    )
+    try:  # load first: create_study on a journal appends a record even when the study exists
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction=direction, load_if_exists=True
+        )
     attrs = study.user_attrs
     if "fingerprint" in attrs and attrs["fingerprint"] != spec.fingerprint():
         old = attrs["spec"]
@@ -249,21 +254,35 @@ def reap_dead_trials(study: optuna.Study) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    storage, n = study._storage, 0
+    n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _is_dead_here(t):
-            continue
-        reason = f"worker died (pid {t.user_attrs['pid']})"
-        try:
-            storage.set_trial_user_attr(t._trial_id, "status_reason", reason)
-            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        _end_mlflow(study, t, "KILLED", reason)
-        requeue(study, t, reason)
-        n += 1
+        reason = f"worker died (pid {t.user_attrs.get('pid')})"
+        if _is_dead_here(t) and _fail_and_requeue(study, t, reason):
+            n += 1
     return n
+
+
+def _fail_and_requeue(
+    study: optuna.Study, trial: FrozenTrial, reason: str, end_run: bool = True
+) -> bool:
+    """Fail a trial that is still RUNNING and queue its cell x seed again (False: not running).
+
+    ``end_run``: also mark its MLflow run KILLED (not when the tracking store is the problem:
+    each call would wait out MLflow's HTTP retries).
+    """
+    storage = study._storage
+    if trial.state != TrialState.RUNNING:
+        return False
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "status_reason", reason)
+        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    if end_run:
+        _end_mlflow(study, trial, "KILLED", reason)
+    requeue(study, trial, reason)
+    return True
 
 
 def _end_mlflow(study: optuna.Study, trial: FrozenTrial, status: str, reason: str) -> None:
@@ -378,9 +397,28 @@ def run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | None
                 continue
             break
         with _heartbeat(study, trial_id):  # from the pop on: a trial never beaten is never stale
-            run_trial(study, trial_id, spec, tracker, on_event)
+            try:
+                run_trial(study, trial_id, spec, tracker, on_event)
+            except (KeyboardInterrupt, Interrupted, Exception) as err:  # outside training
+                reason = (f"interrupted ({err or 'Ctrl-C'})" if not isinstance(err, Exception)
+                          else f"worker error: {type(err).__name__}: {err}"[:1000])
+                _fail_and_requeue(study, study._storage.get_trial(trial_id), reason,
+                                  end_run=not _tracking_error(err))
+                if _tracking_error(err):
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                    raise UsageError(f"MLflow tracking at {mask_url(tracker.uri)} failed: "
+                                     f"{first}; the trial was re-queued, run again to "
+                                     "resume") from None
+                raise
         ran += 1
     return ran
+
+
+def _tracking_error(err: BaseException) -> bool:
+    """An error of the MLflow tracking store (down, refusing writes), not of the trial."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException)
 
 
 def run_trial(
@@ -434,6 +472,8 @@ def run_trial(
         requeue(study, study._storage.get_trial(trial_id), reason)
         raise
     except Exception as err:  # a broken trial must not stop the study
+        if _tracking_error(err):
+            raise  # not the trial's fault: run_worker re-queues it and stops
         _fail(study, trial, tracker, run_id, f"{type(err).__name__}: {err}", "FAILED")
         return
     final = {k: v for k, v in metrics.items() if k != "status"}

@@ -63,6 +63,8 @@ class Tracker:
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        # MLflow 3 prints "View run ... at: URL" on stdout per run ended on a server
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
