@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from gct_ablate._util import UsageError
+from gct_ablate._util import UsageError, mask_url
 from gct_ablate.factors import FACTORS, FactorError, parse_assignments, split_levels
 from gct_ablate.spec import SpecError, StudySpec, TrialConfig
 
@@ -130,7 +130,7 @@ def train(
     placement: Annotated[str, _opt("placement")] = "every-conv",
     model: Annotated[str, _opt("model")] = "resnet20",
     dataset: Annotated[str, _opt("dataset")] = "digits",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak SGD learning rate (nesterov, momentum 0.9).")]
     = 0.1,
@@ -334,7 +334,7 @@ def _execute(
     _finish(opened, name, tracker, fmt, out)
     console.print(f"\nOpen the runs in MLflow:  [bold]{_ui(uri)}[/]")
     console.print(f"Summary again later:     gct-ablate summary {name}"
-                  + (f" --storage {storage}" if storage else f" --out {out}"))
+                  + (f" --storage {mask_url(storage)}" if storage else f" --out {out}"))
 
 
 def _ui(uri: str) -> str:

@@ -180,7 +180,7 @@ FACTORS: dict[str, Factor] = {
         _f("dataset", _choice("dataset", DATASETS), ("digits",), "digits",
            "data: digits (offline, bundled with scikit-learn), cifar10, cifar100, "
            "imagefolder, fake", group="training", choices=DATASETS),
-        _f("epochs", _number("epochs", int, 1, False), ("15",), "15",
+        _f("epochs", _number("epochs", int, 1, False), ("10",), "10",
            "training epochs", group="training"),
         _f("batch_size", _number("batch_size", int, 1, False), ("64", "128"), "128",
            "mini-batch size", group="training"),

@@ -140,9 +140,10 @@ class LiveDisplay:
 def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console) -> None:
     """Run ``workers`` workers to the end of the queue under a live display.
 
-    One worker runs in this process; more are spawned processes (one ``import torch``
-    each), each with its share of the cores. Ctrl-C or SIGTERM stops them cleanly: their
-    running trials are failed and re-queued, so the same command resumes.
+    One worker runs in this process (already warm); the other N-1 are spawned processes
+    (one ``import torch`` each), each worker with its share of the cores. Ctrl-C or
+    SIGTERM stops them cleanly: their running trials are failed and re-queued, so the
+    same command resumes.
     """
     threads = threads_per_worker(workers, opts.base.threads)
     opts = replace(opts, base=opts.base.replace(threads=threads))
@@ -152,32 +153,39 @@ def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console
         raise Interrupted(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
+    procs: list[Any] = []
     try:
         with LiveDisplay(opts, epochs, workers, console):
-            if workers == 1:
-                import torch
-
-                torch.set_num_threads(threads)
-                run_worker(opts)
-                return
             ctx = mp.get_context("spawn")
             procs = [ctx.Process(target=_worker_main, args=(opts,), daemon=False)
-                     for _ in range(workers)]
-            for p in procs:
+                     for _ in range(workers - 1)]
+            for p in procs:  # the others start while this process, already warm, works
                 p.start()
-            try:
-                for p in procs:
-                    p.join()
-            except (KeyboardInterrupt, Interrupted):
-                for p in procs:
-                    if p.is_alive() and p.pid:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(p.pid, signal.SIGTERM)
-                for p in procs:
-                    p.join(timeout=60)
-                raise
+            import torch
+
+            torch.set_num_threads(threads)
+            run_worker(opts)
+            for p in procs:
+                p.join()
+    except BaseException:
+        _stop(procs)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        console.print(f"[red]{len(failed)} worker process(es) stopped with an error "
+                      f"(exit {', '.join(map(str, failed))}); their trials were re-queued[/]")
+
+
+def _stop(procs: list[Any]) -> None:
+    """SIGTERM the spawned workers (they fail and re-queue their trials) and wait."""
+    for p in procs:
+        if p.is_alive() and p.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+    for p in procs:
+        p.join(timeout=60)
 
 
 def started_at() -> str:

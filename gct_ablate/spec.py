@@ -56,7 +56,7 @@ class TrialConfig:
     placement: str = "every-conv"
     model: str = "resnet20"
     dataset: str = "digits"
-    epochs: int = 15
+    epochs: int = 10
     batch_size: int = 128
     lr: float = 0.1
     weight_decay: float = 5e-4

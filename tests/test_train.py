@@ -39,7 +39,7 @@ def test_metrics_carry_parameter_counts():
 
 
 def test_default_configuration_learns_digits():
-    """The `gct-ablate train` default (GCT ResNet-20, 15 epochs) reaches >= 95 %."""
+    """The `gct-ablate train` default (GCT ResNet-20, 10 epochs) reaches >= 95 %."""
     m = train_eval(TrialConfig(threads=2))
     assert m["val_top1"] >= 0.95, m
 
