@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +185,3 @@ def _stop(procs: list[Any]) -> None:
                 os.kill(p.pid, signal.SIGTERM)
     for p in procs:
         p.join(timeout=60)
-
-
-def started_at() -> str:
-    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")

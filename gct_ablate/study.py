@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import socket
@@ -454,8 +453,8 @@ def run_trial(
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-    def on_end(model: Any, data: Any, device: Any) -> dict[str, Any]:
-        return log_trial_artifacts(tracker, run_id, cfg, model, data, device)
+    def on_end(model: Any, data: Any, device: Any) -> None:
+        log_trial_artifacts(tracker, run_id, cfg, model, data, device)
 
     from gct_ablate.train import train_eval
 
@@ -496,12 +495,11 @@ def _fail(study, trial, tracker, run_id, reason: str, mlflow_status: str) -> Non
 
 def log_trial_artifacts(
     tracker: Tracker, run_id: str, cfg: TrialConfig, model: Any, data: Any, device: Any
-) -> dict[str, Any]:
+) -> None:
     """config.json, gate statistics (JSON + PNG) and, for small models, the weights."""
     from gct_ablate.models import count_parameters
 
     tracker.log_json(run_id, dataclasses.asdict(cfg), "config.json")
-    extra: dict[str, Any] = {}
     if cfg.attention == "gct":
         from gct_ablate.gates import gate_stats, plot_gates
 
@@ -514,16 +512,3 @@ def log_trial_artifacts(
     if save:
         tracker.log_torch(run_id, {k: v.cpu() for k, v in model.state_dict().items()},
                           "model/state_dict.pt")
-    return extra
-
-
-def trials_summary(study: optuna.Study) -> dict[str, int]:
-    counts = {s.name.lower(): 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        if "cell" in t.user_attrs:
-            counts[t.state.name.lower()] += 1
-    return counts
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=1, default=str)
