@@ -8,7 +8,6 @@ round, then summarised by their median and min-max over rounds.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import time
@@ -16,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from gct_ablate._util import tune_malloc  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -89,22 +90,6 @@ def set_threads(threads: int) -> int:
     print(f"torch {torch.__version__}, {n} thread(s) of {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}, timing by {clock_name()}")
     return n
-
-
-def tune_malloc() -> bool:
-    """Keep freed heap memory for reuse (glibc): no page faults on every large allocation.
-
-    With glibc's defaults, tensors of a few MiB are returned to the OS when freed and the
-    next allocation faults its pages in again, which can cost more than the kernel that
-    fills them. True if applied (glibc only).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
-                and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def arg_parser(description: str, rounds: int) -> argparse.ArgumentParser:

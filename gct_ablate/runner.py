@@ -21,6 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from gct_ablate._util import tune_malloc
 from gct_ablate.study import Interrupted, WorkerOptions, load_study, open_storage, run_worker
 
 
@@ -38,6 +39,7 @@ def _die_with_parent() -> None:
 
 def _worker_main(opts: WorkerOptions) -> None:
     _die_with_parent()
+    tune_malloc()
     import torch
 
     torch.set_num_threads(opts.base.threads or 1)
@@ -163,6 +165,7 @@ def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console
             import torch
 
             torch.set_num_threads(threads)
+            tune_malloc()
             run_worker(opts)
             for p in procs:
                 p.join()

@@ -147,8 +147,9 @@ class Tracker:
     def log_json(self, run_id: str, data: Any, path: str) -> None:
         self.client.log_text(run_id, json.dumps(data, indent=1, default=str), path)
 
-    def log_figure(self, run_id: str, figure: Any, path: str) -> None:
-        self.client.log_figure(run_id, figure, path)
+    def log_figure(self, run_id: str, figure: Any, path: str, dpi: int = 80) -> None:
+        """Log a matplotlib figure as PNG (a modest dpi: this runs once per trial)."""
+        self.client.log_figure(run_id, figure, path, save_kwargs={"dpi": dpi})
 
     def log_torch(self, run_id: str, obj: Any, path: str) -> None:
         """Save a torch object (e.g. a state dict) as an artifact."""
