@@ -39,11 +39,18 @@ def png_path(output: Path | None, out: Path, stem: str, part: str, several: bool
     return path
 
 
-def _save(fig: Any, path: Path) -> None:
+def _save(fig: Any, path: Path, store: Any = None, run_id: str | None = None,
+          artifact: str = "") -> str:
+    """Write the PNG and, given a run, log it there too; returns where it went."""
     try:
         fig.savefig(path, dpi=120)
     except OSError as err:
         raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
+    where = f"figure: {path}"
+    if run_id:
+        store.client.log_figure(run_id, fig, artifact)
+        where += f"; logged to MLflow run {run_id} as {artifact}"
+    return where
 
 
 # ------------------------------------------------------------------------------- gates
@@ -68,11 +75,7 @@ def gates_command(study: str, cell: str | None, storage: str | None, out: Path,
             console.print(gates_table(pool_stats(stats), f"{title} ({len(stats)} seeds pooled)"))
             fig = plot_gates(stats, title)
             path = png_path(output, out, f"{study}-gates", slug(name), len(groups) > 1)
-            _save(fig, path)
-            where = f"figure: {path}"
-            if parent:
-                store.client.log_figure(parent, fig, f"gates/{slug(name)}.png")
-                where += f"; logged to MLflow run {parent} as gates/{slug(name)}.png"
+            where = _save(fig, path, store, parent, f"gates/{slug(name)}.png")
             console.print(where, highlight=False)
             written.append(path)
     if not written:
@@ -154,11 +157,7 @@ def prune_command(target: str, *, order: str, tolerance: float, finetune: int, s
             raise UsageError(f"{target!r} has no GCT module to prune")
         fig = plot_prune(curves, order, f"{name}: GCT modules removed by {order} vs random")
         path = png_path(output, out, f"{name}-prune", order, False)
-        _save(fig, path)
-        where = f"figure: {path}"
-        if log_run:
-            store.client.log_figure(log_run, fig, f"prune/{order}.png")
-            where += f"; logged to MLflow run {log_run} as prune/{order}.png"
+        where = _save(fig, path, store, log_run, f"prune/{order}.png")
     console.print(where, highlight=False)
     return result
 

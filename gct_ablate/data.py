@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "fake")
+from gct_ablate.factors import DATASETS
+
 AUGMENTS = ("none", "crop", "crop-flip")
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),

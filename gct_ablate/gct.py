@@ -46,11 +46,9 @@ from torch.utils.checkpoint import checkpoint
 
 from gct_ablate import _gct_fused
 from gct_ablate._gct_fused import GCTConfig
+from gct_ablate.factors import ACTIVATIONS, ATTENTIONS, INITS, NORMS
 
-ATTENTION_KINDS = ("gct", "se", "none")
-NORMS = ("l2", "l1", "layer", "none")
-ACTIVATIONS = ("tanh", "sigmoid", "softsign", "hardtanh", "erf")
-INITS = ("zeros", "ones", "normal")
+ATTENTION_KINDS = ATTENTIONS  # the choices are defined once, in the factor registry
 
 PValue = float | str  # a number >= 1, math.inf, or "gap"
 

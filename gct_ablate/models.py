@@ -33,12 +33,12 @@ from typing import Any
 import torchvision
 from torch import Tensor, nn
 
-from gct_ablate.factors import parse_placement
+from gct_ablate.factors import MODELS, parse_placement
 from gct_ablate.gct import ATTENTION_KINDS, GatedConv, is_attention, make_attention
 
 CIFAR_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "resnet110": 110}
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50")
-MODELS = (*CIFAR_DEPTHS, *TORCHVISION_MODELS)
+assert set(MODELS) == {*CIFAR_DEPTHS, *TORCHVISION_MODELS}  # factors.MODELS is the list
 
 
 # ------------------------------------------------------------------------ CIFAR ResNet
