@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gct_ablate import _gct_kernel
+
 _NORMAL = 2.0 / math.sqrt(math.pi)
 _BN_MIN_NUMEL = 65536
 
@@ -199,18 +201,31 @@ def _gate_backward(dgate: Tensor, e: Tensor, gate: Tensor, cache: tuple[Tensor, 
 
 # ------------------------------------------------------------------ autograd functions
 def _forward(ctx: Any, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor,
-             cfg: GCTConfig) -> tuple[Tensor, tuple[Tensor | None, ...]]:
-    """(gate, (B, C) statistics for backward); options and parameter metadata go to ctx."""
+             cfg: GCTConfig, write_y: bool) -> tuple[Tensor | None, Tensor, tuple]:
+    """(y = x * gate or None, gate, what backward needs); options go to ctx.
+
+    Float32 CPU input in NCHW or channels_last layout runs the compiled kernel (one row at
+    a time, see ``_gct_kernel``); anything else (other dtypes, CUDA, no compiler) the torch
+    passes of this module.
+    """
+    ctx.cfg = cfg
+    ctx.kernel = _gct_kernel.applies(x, alpha, gamma, beta)
+    if ctx.kernel:
+        y, stats, idx = _gct_kernel.forward(x, alpha, gamma, beta, cfg, write_y)
+        return y, stats[1], (stats, idx, alpha, gamma, beta)
+    ctx.param_meta = [(t.shape, t.dtype) for t in (alpha, gamma, beta)]
     e, idx = _embedding(x, cfg)
     gate, cache = _gate_forward(e, alpha, gamma, beta, cfg)
-    ctx.cfg = cfg
-    ctx.param_meta = [(t.shape, t.dtype) for t in (alpha, gamma, beta)]
-    return gate, (e, gate, idx, *cache)
+    return (_scale(x, gate) if write_y else None), gate, (e, gate, idx, *cache)
 
 
 def _backward(ctx: Any, dy: Tensor, x: Tensor, stats: list[Tensor]) -> list[Tensor | None]:
     """(dx, dalpha, dgamma, dbeta) of one GCT from dL/dy."""
     needs = ctx.needs_input_grad[:4]
+    if ctx.kernel:  # the gradients come in the parameters' shape and dtype
+        e_gate, idx, *params = stats
+        grads = _gct_kernel.backward(dy, x, *params, e_gate, idx, ctx.cfg, needs[0])
+        return [g if need else None for g, need in zip(grads, needs, strict=True)]
     e, gate, idx, *cache = stats
     dx, dot = _dot_and_scale(dy, x, gate, scale=needs[0])
     de, *pgrads = _gate_backward(dot, e, gate, tuple(cache), ctx.cfg)
@@ -224,9 +239,9 @@ class _GCTFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor,
                 cfg: GCTConfig) -> Tensor:
-        gate, stats = _forward(ctx, x, alpha, gamma, beta, cfg)
+        y, _, stats = _forward(ctx, x, alpha, gamma, beta, cfg, write_y=True)
         ctx.save_for_backward(x, *stats)
-        return _scale(x, gate)
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -239,7 +254,7 @@ class _GatedConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor,
                 weight: Tensor, bias: Tensor | None, cfg: GCTConfig, conv: tuple) -> Tensor:
-        gate, stats = _forward(ctx, x, alpha, gamma, beta, cfg)
+        _, gate, stats = _forward(ctx, x, alpha, gamma, beta, cfg, write_y=False)
         ctx.conv = conv
         ctx.save_for_backward(x, weight, *stats)
         return F.conv2d(_scale(x, gate), weight, bias, *conv)
@@ -251,7 +266,7 @@ class _GatedConvFunction(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conv
         need_gct = any(ctx.needs_input_grad[:4])
         need_w, need_b = ctx.needs_input_grad[4:6]
-        y = _scale(x, stats[1])  # recomputed, never stored
+        y = _scale(x, stats[0][1] if ctx.kernel else stats[1])  # recomputed, never stored
         dy, dw, db = torch.ops.aten.convolution_backward(
             dout, y, weight, [weight.shape[0]] if need_b else None, stride, padding, dilation,
             False, [0, 0], groups, [need_gct, need_w, need_b])

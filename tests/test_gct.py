@@ -1,8 +1,10 @@
 """GCT: parity with the published formulas, gradients, options, dtypes, layouts, SE, factory.
 
-Every GCT test taking ``impl`` runs on both implementations: the fused autograd functions
-(the default; "fused-bn" forces their batch-norm-kernel backward, used for large inputs)
-and the eager reference (``fused=False``).
+Every GCT test taking ``impl`` runs on every implementation: the fused autograd functions
+as they run by default (the compiled C kernel for float32 CPU input, their torch passes
+otherwise), "fused-torch" (the kernel switched off), "fused-bn" (the torch passes with the
+batch-norm-kernel backward used for large inputs, at any size) and the eager reference
+(``fused=False``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from gct_ablate import _gct_fused
+from gct_ablate import _gct_fused, _gct_kernel
 from gct_ablate.gct import (
     ACTIVATIONS,
     ATTENTION_KINDS,
@@ -26,13 +28,20 @@ from gct_ablate.gct import (
     make_attention,
 )
 
-IMPLS = ("fused", "fused-bn", "eager")  # fused-bn: the batch-norm kernel path at any size
+IMPLS = ("fused", "fused-torch", "fused-bn", "eager")
 PS = (1.0, 1.5, 2.0, 3.0, math.inf, "gap")
+
+
+def no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused functions without the compiled kernel: their torch passes."""
+    monkeypatch.setattr(_gct_kernel, "applies", lambda *tensors: False)
 
 
 @pytest.fixture(params=IMPLS)
 def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     threads = torch.get_num_threads()
+    if request.param in ("fused-torch", "fused-bn"):
+        no_kernel(monkeypatch)
     if request.param == "fused-bn":  # one thread: the kernel parallelises even tiny inputs
         monkeypatch.setattr(_gct_fused, "_BN_MIN_NUMEL", 0)
         torch.set_num_threads(1)
@@ -142,12 +151,16 @@ def test_gradcheck_after_relu(impl: str, norm: str):
     assert torch.autograd.gradcheck(lambda x, *_: m(x), (x, *params_of(m)))
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
 @pytest.mark.parametrize("p", PS)
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_float32_accuracy(p, norm: str, activation: str, channels_last: bool):
+def test_fused_float32_accuracy(p, norm: str, activation: str, channels_last: bool,
+                                kernel: bool, monkeypatch: pytest.MonkeyPatch):
     """Fused float32 against the float64 truth (as close as, or closer than, eager float32)."""
+    if not kernel:
+        no_kernel(monkeypatch)
     fused = make_gct("fused", 8, torch.float32, p=p, norm=norm, activation=activation)
     truth = make_gct("eager", 8, torch.float64, p=p, norm=norm, activation=activation)
     x, dy = randn(4, 8, 9, 7), randn(4, 8, 9, 7, seed=3)
@@ -160,15 +173,113 @@ def test_fused_float32_accuracy(p, norm: str, activation: str, channels_last: bo
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5 * scale)
 
 
-def test_fused_path_is_used_and_saves_only_x():
-    m = GCT(8, gamma_init="normal", beta_init="normal")
-    x = randn(4, 8, 16, 16, dtype=torch.float32).requires_grad_()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_path_is_used_and_saves_only_x(dtype: torch.dtype):
+    """Saved for backward: x itself and (B, C)-sized statistics (at most 3 B C values)."""
+    m = GCT(8, gamma_init="normal", beta_init="normal").to(dtype)
+    x = randn(4, 8, 16, 16, dtype=dtype).requires_grad_()
     saved: list[Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         y = m(x)
     assert "GCTFunction" in type(y.grad_fn).__name__
-    big = [t for t in saved if t.numel() > 4 * 8]
+    big = [t for t in saved if t.numel() > 3 * 4 * 8]
     assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
+    assert sum(t.numel() for t in saved) < x.numel() + 8 * 4 * 8
+
+
+# ------------------------------------------------------------------ compiled kernel
+def test_kernel_is_built_and_used_for_float32_cpu(monkeypatch: pytest.MonkeyPatch):
+    """This machine has a C compiler: float32 CPU input runs the kernel, float64 does not."""
+    assert _gct_kernel.library() is not None, _gct_kernel.describe()
+    assert _gct_kernel.describe().startswith("compiled C kernel")
+    calls: list[str] = []
+    real = _gct_kernel.forward
+    monkeypatch.setattr(_gct_kernel, "forward", lambda *a, **k: calls.append("k") or real(*a, **k))
+    m = GCT(8, gamma_init="normal")
+    m(randn(2, 8, 4, 4, dtype=torch.float32))
+    assert calls == ["k"]
+    m.double()(randn(2, 8, 4, 4))
+    m.float()(randn(2, 8, 4, 4, dtype=torch.float32)[:, :, ::2])  # strided: torch passes
+    assert calls == ["k"]
+
+
+@pytest.mark.parametrize("p", [2.0, 3.0, math.inf])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_kernel_threads_give_the_same_result(p, channels_last: bool):
+    """Rows split between threads: the same values (to float32 rounding) as one thread."""
+    m = make_gct("fused", 16, torch.float32, p=p, norm="layer")
+    x, dy = randn(8, 16, 32, 32, dtype=torch.float32), randn(8, 16, 32, 32, seed=2)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = outputs_and_grads(m, x, params_of(m), dy.float())
+        torch.set_num_threads(4)
+        assert _gct_kernel._cfg(x.shape, channels_last, m.config, 4).threads == 4
+        four = outputs_and_grads(m, x, params_of(m), dy.float())
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], four[0]) and torch.equal(one[1], four[1])
+    for a, b in zip(one[2:], four[2:], strict=True):  # sums over rows, in another order
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("x_last, dy_last", [(True, False), (False, True)])
+def test_kernel_takes_a_gradient_in_another_layout(x_last: bool, dy_last: bool):
+    m = make_gct("fused", 8, torch.float32)
+    x, dy = randn(3, 8, 5, 7, dtype=torch.float32), randn(3, 8, 5, 7, dtype=torch.float32, seed=6)
+    want = outputs_and_grads(m, x, params_of(m), dy)
+    fmt = torch.channels_last
+    got = outputs_and_grads(m, x.contiguous(memory_format=fmt) if x_last else x, params_of(m),
+                            dy.contiguous(memory_format=fmt) if dy_last else dy)
+    assert got[0].is_contiguous(memory_format=fmt) == x_last
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("env, reason", [
+    (dict(GCT_ABLATE_KERNEL="eager"), "GCT_ABLATE_KERNEL=eager"),
+    (dict(CC="no-such-compiler-gct"), "no C compiler 'no-such-compiler-gct' found"),
+    (dict(CC="false"), "building the C kernel failed"),
+])
+def test_kernel_falls_back_to_torch(env: dict, reason: str, tmp_path,
+                                    monkeypatch: pytest.MonkeyPatch):
+    """Switched off, no compiler, or a failing build: the torch passes, with the reason."""
+    monkeypatch.setenv("GCT_ABLATE_CACHE", str(tmp_path))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    _gct_kernel._load.cache_clear()
+    try:
+        assert _gct_kernel.library() is None
+        assert _gct_kernel.describe().startswith("eager torch") and reason in \
+            _gct_kernel.describe()
+        m = make_gct("fused", 8, torch.float32)
+        x = randn(2, 8, 4, 4, dtype=torch.float32)
+        torch.testing.assert_close(m(x), make_gct("eager", 8, torch.float32)(x))
+        assert list(tmp_path.iterdir()) == []  # no half-built library left behind
+    finally:
+        _gct_kernel._load.cache_clear()
+
+
+def test_kernel_build_is_cached(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """Built once into the cache folder; a later process (here: a cleared cache) reuses it."""
+    monkeypatch.setenv("GCT_ABLATE_CACHE", str(tmp_path))
+    _gct_kernel._load.cache_clear()
+    try:
+        assert _gct_kernel.library() is not None
+        built = list(tmp_path.glob("gct_kernel-*.so"))
+        assert len(built) == 1
+        stamp = built[0].stat().st_mtime_ns
+        _gct_kernel._load.cache_clear()
+        def no_build(*args, **kwargs):
+            raise AssertionError("rebuilt although a built library is cached")
+
+        monkeypatch.setattr(_gct_kernel.subprocess, "run", no_build)
+        assert _gct_kernel.library() is not None
+        assert built[0].stat().st_mtime_ns == stamp
+    finally:
+        _gct_kernel._load.cache_clear()
 
 
 # ---------------------------------------------------------------------- validation

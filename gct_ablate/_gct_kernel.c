@@ -1,0 +1,390 @@
+/* Fused GCT for float32 CPU tensors, one batch row at a time (see _gct_kernel.py).
+ *
+ * A row (one sample, C x H x W) is reduced, its (C,) gate maths done in double, and it is
+ * scaled while it is still in cache: forward reads x once and writes y once; backward reads
+ * (dy, x) for the per-channel dot and again (from cache) to write dx. Rows are split between
+ * threads. Layouts: NCHW contiguous (a channel's H*W values are contiguous) or channels_last
+ * (NHWC: the C channels of one pixel are contiguous). No Python or torch headers: the
+ * library is plain C, built with the system compiler on first use and called via ctypes.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { P_GAP, P_INF, P_ONE, P_TWO, P_GIVEN };          /* P_GIVEN: E and h come from the caller */
+enum { N_L2, N_L1, N_LAYER, N_NONE };
+enum { A_TANH, A_SIGMOID, A_SOFTSIGN, A_HARDTANH, A_ERF };
+
+typedef struct {
+    int64_t B, C, HW;
+    int32_t channels_last, pmode, after_relu, norm, act, threads;
+    double p, eps;
+} Cfg;
+
+typedef struct {
+    const Cfg *k;
+    const float *x, *dy, *h, *alpha, *gamma, *beta;
+    float *y, *dx, *stats;  /* stats (3, B, C): E, the gate, its derivative dgate/dz */
+    int64_t *idx;
+    double *part;           /* backward: this share's parameter gradients, (3, C) */
+    int64_t b0, b1;
+    double *w;              /* this share's scratch: 7 C doubles */
+} Job;
+
+/* ---------------------------------------------------------------- full-size passes */
+/* Sums of a per-element term over n values: float partial sums in two 8-lane vectors
+ * (no loop-carried latency to speak of) over blocks of BLOCK values, added up in double. */
+#define BLOCK 1024
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8f load8(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
+static inline v8f abs8(v8f v) { return (v8f)((v8i)v & 0x7fffffff); }
+static inline float hsum8(v8f v) {
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+#define DEFINE_REDUCE(name, vterm, term)                                            \
+    static double name(const float *v, const float *w, int64_t n) {                 \
+        (void)w;                                                                    \
+        double total = 0.0;                                                         \
+        for (int64_t start = 0; start < n; start += BLOCK) {                        \
+            const int64_t end = n - start > BLOCK ? start + BLOCK : n;              \
+            v8f a0 = {0.0f}, a1 = {0.0f};                                           \
+            float rest = 0.0f;                                                      \
+            int64_t i = start;                                                      \
+            for (; i + 16 <= end; i += 16) { a0 += vterm(i); a1 += vterm(i + 8); }  \
+            for (; i + 8 <= end; i += 8) a0 += vterm(i);                            \
+            for (; i < end; i++) rest += term(i);                                   \
+            total += rest + hsum8(a0 + a1);                                         \
+        }                                                                           \
+        return total;                                                               \
+    }
+#define SUM(i) (v[i])
+#define ABS(i) (fabsf(v[i]))
+#define SQUARE(i) (v[i] * v[i])
+#define DOT(i) (v[i] * w[i])
+#define VSUM(i) (load8(v + (i)))
+#define VABS(i) (abs8(load8(v + (i))))
+#define VSQUARE(i) (load8(v + (i)) * load8(v + (i)))
+#define VDOT(i) (load8(v + (i)) * load8(w + (i)))
+DEFINE_REDUCE(reduce_sum, VSUM, SUM)
+DEFINE_REDUCE(reduce_abs, VABS, ABS)
+DEFINE_REDUCE(reduce_square, VSQUARE, SQUARE)
+DEFINE_REDUCE(reduce_dot, VDOT, DOT)
+
+/* Per-channel sums over the H*W pixels of a channels_last row, in double. */
+#define DEFINE_REDUCE_CL(name, term)                                                \
+    static void name(const float *x, const float *y, int64_t C, int64_t HW,         \
+                     double *out, float *acc) {                                     \
+        for (int64_t c = 0; c < C; c++) out[c] = 0.0;                               \
+        for (int64_t start = 0; start < HW; start += BLOCK / 4) {                   \
+            const int64_t end = HW - start > BLOCK / 4 ? start + BLOCK / 4 : HW;    \
+            for (int64_t c = 0; c < C; c++) acc[c] = 0.0f;                          \
+            for (int64_t p = start; p < end; p++) {                                 \
+                const float *v = x + p * C, *w = y ? y + p * C : v;                 \
+                (void)w;                                                            \
+                for (int64_t c = 0; c < C; c++) acc[c] += term(c);                  \
+            }                                                                       \
+            for (int64_t c = 0; c < C; c++) out[c] += acc[c];                       \
+        }                                                                           \
+    }
+DEFINE_REDUCE_CL(reduce_sum_cl, SUM)
+DEFINE_REDUCE_CL(reduce_abs_cl, ABS)
+DEFINE_REDUCE_CL(reduce_square_cl, SQUARE)
+DEFINE_REDUCE_CL(reduce_dot_cl, DOT)
+
+static void embed_row(const Cfg *k, const float *x, double *e, int64_t *idx, float *acc) {
+    const int64_t C = k->C, HW = k->HW;
+    const int pm = k->pmode, abs_ = pm == P_ONE && !k->after_relu;
+    if (pm == P_INF) {
+        for (int64_t c = 0; c < C; c++) {
+            float m = -1.0f;
+            int64_t a = 0;
+            for (int64_t i = 0; i < HW; i++) {
+                const int64_t at = k->channels_last ? i * C + c : c * HW + i;
+                const float t = fabsf(x[at]);
+                if (t > m) { m = t; a = i; }
+            }
+            e[c] = m;
+            idx[c] = a;
+        }
+        return;
+    }
+    if (!k->channels_last) {
+        for (int64_t c = 0; c < C; c++) {
+            const float *v = x + c * HW;
+            e[c] = pm == P_TWO ? reduce_square(v, NULL, HW)
+                 : abs_ ? reduce_abs(v, NULL, HW) : reduce_sum(v, NULL, HW);
+        }
+    } else if (pm == P_TWO) reduce_square_cl(x, NULL, C, HW, e, acc);
+    else if (abs_) reduce_abs_cl(x, NULL, C, HW, e, acc);
+    else reduce_sum_cl(x, NULL, C, HW, e, acc);
+    for (int64_t c = 0; c < C; c++) {
+        if (pm == P_TWO) e[c] = sqrt(e[c] + k->eps);
+        else if (pm == P_GAP) e[c] /= (double)HW;
+    }
+}
+
+static void scale_row(const Cfg *k, const float *x, const float *gate, float *y) {
+    const int64_t C = k->C, HW = k->HW;
+    if (!k->channels_last) {
+        for (int64_t c = 0; c < C; c++) {
+            const float g = gate[c], *v = x + c * HW;
+            float *o = y + c * HW;
+            for (int64_t i = 0; i < HW; i++) o[i] = v[i] * g;
+        }
+    } else {
+        for (int64_t i = 0; i < HW; i++) {
+            const float *v = x + i * C;
+            float *o = y + i * C;
+            for (int64_t c = 0; c < C; c++) o[c] = v[c] * gate[c];
+        }
+    }
+}
+
+static void dot_row(const Cfg *k, const float *dy, const float *x, double *dot, float *acc) {
+    const int64_t C = k->C, HW = k->HW;
+    if (k->channels_last) {
+        reduce_dot_cl(dy, x, C, HW, dot, acc);
+        return;
+    }
+    for (int64_t c = 0; c < C; c++) dot[c] = reduce_dot(dy + c * HW, x + c * HW, HW);
+}
+
+static inline float lin(int mode, float x) {  /* the per-element factor of dE/dx */
+    if (mode == P_TWO) return x;
+    if (mode == P_ONE) return (float)((x > 0.0f) - (x < 0.0f));
+    return 1.0f;
+}
+
+/* dx = gate * dy + coef * t, where t is x (p = 2), sign(x) (p = 1), 1 (gap, p = 1 after
+ * ReLU) or h (given p); nothing for p = inf (added at the maximiser afterwards). */
+static void dx_row(const Cfg *k, const float *dy, const float *x, const float *h,
+                   const float *gate, const float *coef, float *dx) {
+    const int64_t C = k->C, HW = k->HW;
+    int mode = k->pmode;
+    if (mode == P_ONE && k->after_relu) mode = P_GAP;
+    if (!k->channels_last) {
+        for (int64_t c = 0; c < C; c++) {
+            const float g = gate[c], q = coef[c];
+            const float *u = dy + c * HW, *v = x + c * HW;
+            float *o = dx + c * HW;
+            if (mode == P_INF) for (int64_t i = 0; i < HW; i++) o[i] = g * u[i];
+            else if (mode == P_GIVEN) {
+                const float *w = h + c * HW;
+                for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * w[i];
+            } else if (mode == P_TWO) for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * v[i];
+            else if (mode == P_ONE) for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * lin(P_ONE, v[i]);
+            else for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q;
+        }
+    } else {
+        for (int64_t i = 0; i < HW; i++) {
+            const float *u = dy + i * C, *v = x + i * C;
+            float *o = dx + i * C;
+            if (mode == P_INF) for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c];
+            else if (mode == P_GIVEN) {
+                const float *w = h + i * C;
+                for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c] * w[c];
+            } else if (mode == P_TWO) for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c] * v[c];
+            else if (mode == P_ONE) for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c] * lin(P_ONE, v[c]);
+            else for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- (C,) gate maths */
+/* s = E alpha; u = normalized s; z = beta + gamma u. Returns q, the normalizer. */
+static double gate_pre(const Cfg *k, const float *e, const float *a, const float *g,
+                       const float *b, double *s, double *u, double *z) {
+    const int64_t C = k->C;
+    double q = 1.0, mean = 0.0, acc = 0.0;
+    for (int64_t c = 0; c < C; c++) s[c] = (double)e[c] * a[c];
+    if (k->norm == N_L2) {
+        for (int64_t c = 0; c < C; c++) acc += s[c] * s[c];
+        q = 1.0 / sqrt(acc / C + k->eps);
+    } else if (k->norm == N_L1) {
+        for (int64_t c = 0; c < C; c++) acc += fabs(s[c]);
+        q = 1.0 / (acc / C + k->eps);
+    } else if (k->norm == N_LAYER) {
+        for (int64_t c = 0; c < C; c++) mean += s[c];
+        mean /= C;
+        for (int64_t c = 0; c < C; c++) acc += (s[c] - mean) * (s[c] - mean);
+        q = 1.0 / sqrt(acc / C + k->eps);
+    }
+    for (int64_t c = 0; c < C; c++) {
+        u[c] = k->norm == N_NONE ? s[c] : (s[c] - mean) * q;
+        z[c] = (double)b[c] + (double)g[c] * u[c];
+    }
+    return q;
+}
+
+static double activate(int act, double z) {  /* the gate, 1 at z = 0 */
+    switch (act) {
+        case A_TANH: return 1.0 + tanh(z);
+        case A_SIGMOID: return 2.0 / (1.0 + exp(-z));
+        case A_SOFTSIGN: return 1.0 + z / (1.0 + fabs(z));
+        case A_HARDTANH: return 1.0 + (z < -1.0 ? -1.0 : z > 1.0 ? 1.0 : z);
+        default: return 1.0 + erf(z);
+    }
+}
+
+static double activate_grad(int act, double z, double gate) {
+    switch (act) {
+        case A_TANH: return gate * (2.0 - gate);        /* 1 - tanh^2, exact when saturated */
+        case A_SIGMOID: return gate / (1.0 + exp(z));   /* 2 sigmoid(z) sigmoid(-z) */
+        case A_SOFTSIGN: { double d = 1.0 + fabs(z); return 1.0 / (d * d); }
+        case A_HARDTANH: return z > -1.0 && z < 1.0 ? 1.0 : 0.0;
+        default: return 1.1283791670955126 * exp(-z * z);  /* 2 / sqrt(pi) */
+    }
+}
+
+/* From dL/dgate (in dz), write dL/dE (in de) and add the row's (dalpha, dgamma, dbeta). */
+static void gate_backward(const Cfg *k, const float *e, const float *dact, const float *a,
+                          const float *g, double q, const double *s, const double *u,
+                          double *dz, double *de, double *part) {
+    const int64_t C = k->C;
+    double proj = 0.0, mean = 0.0;
+    for (int64_t c = 0; c < C; c++) {
+        dz[c] *= dact[c];
+        part[C + c] += dz[c] * u[c];
+        part[2 * C + c] += dz[c];
+        de[c] = dz[c] * g[c];                      /* du for now */
+        proj += de[c] * u[c];
+        mean += de[c];
+    }
+    proj /= C;
+    mean /= C;
+    for (int64_t c = 0; c < C; c++) {
+        double ds = de[c];
+        if (k->norm == N_L2) ds = (ds - u[c] * proj) * q;
+        else if (k->norm == N_L1) ds = (ds - ((s[c] > 0.0) - (s[c] < 0.0)) * proj) * q;
+        else if (k->norm == N_LAYER) ds = (ds - mean - u[c] * proj) * q;
+        part[c] += ds * e[c];
+        de[c] = ds * a[c];
+    }
+}
+
+/* ---------------------------------------------------------------- row workers */
+static void forward_rows(const Job *j, int given) {
+    const Cfg *k = j->k;
+    const int64_t C = k->C, n = C * k->HW;
+    double *w = j->w, *s = w + C, *u = s + C, *z = u + C;
+    for (int64_t b = j->b0; b < j->b1; b++) {
+        float *e = j->stats + b * C, *gate = e + k->B * C, *dact = gate + k->B * C;
+        if (!given) {
+            embed_row(k, j->x + b * n, w, j->idx ? j->idx + b * C : NULL, (float *)(z + C));
+            for (int64_t c = 0; c < C; c++) e[c] = (float)w[c];
+        }
+        gate_pre(k, e, j->alpha, j->gamma, j->beta, s, u, z);
+        for (int64_t c = 0; c < C; c++) {
+            const double g = activate(k->act, z[c]);
+            gate[c] = (float)g;
+            dact[c] = (float)activate_grad(k->act, z[c], g);  /* in double: exact when saturated */
+        }
+        if (j->y) scale_row(k, j->x + b * n, gate, j->y + b * n);
+    }
+}
+
+static void backward_rows(const Job *j) {
+    const Cfg *k = j->k;
+    const int64_t C = k->C, HW = k->HW, n = C * HW;
+    double *w = j->w, *s = w + C, *u = s + C, *z = u + C, *de = z + C;
+    float *coef = (float *)(de + C), *acc = coef + C;
+    for (int64_t b = j->b0; b < j->b1; b++) {
+        const float *e = j->stats + b * C, *gate = e + k->B * C, *dact = gate + k->B * C;
+        const float *x = j->x + b * n;
+        const float *dy = j->dy + b * n;
+        double q = gate_pre(k, e, j->alpha, j->gamma, j->beta, s, u, z);
+        dot_row(k, dy, x, w, acc);                      /* dL/dgate */
+        gate_backward(k, e, dact, j->alpha, j->gamma, q, s, u, w, de, j->part);
+        if (!j->dx) continue;
+        for (int64_t c = 0; c < C; c++) {           /* dL/dE -> the factor of t in dx */
+            double f = de[c];
+            if (k->pmode == P_TWO) f /= e[c];
+            else if (k->pmode == P_GAP) f /= (double)HW;
+            else if (k->pmode == P_GIVEN) f *= pow(e[c], 1.0 - k->p);
+            coef[c] = (float)f;
+        }
+        float *dx = j->dx + b * n;
+        dx_row(k, dy, x, j->h ? j->h + b * n : NULL, gate, coef, dx);
+        if (k->pmode == P_INF) {
+            for (int64_t c = 0; c < C; c++) {
+                int64_t at = k->channels_last ? j->idx[b * C + c] * C + c
+                                              : c * HW + j->idx[b * C + c];
+                dx[at] += (float)(((x[at] > 0.0f) - (x[at] < 0.0f)) * de[c]);
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- threads */
+typedef struct { Job job; int kind; } Task;
+
+static void *run_task(void *arg) {
+    Task *t = arg;
+    if (t->kind == 2) backward_rows(&t->job);
+    else forward_rows(&t->job, t->kind);
+    return NULL;
+}
+
+/* Splits the rows between k->threads threads (at most 64); for the backward (kind 2), sums
+ * the shares' parameter gradients into pgrad (3, C). Returns 0, or -1 if out of memory. */
+static int run_rows(const Job *job, int kind, float *pgrad) {
+    const int64_t B = job->k->B, C = job->k->C, per = 10 * C;
+    int64_t n = job->k->threads;
+    if (n > B) n = B;
+    if (n > 64) n = 64;
+    if (n < 1) n = 1;
+    double *scratch = calloc((size_t)(n * per), sizeof(double));
+    if (!scratch) return -1;
+    Task tasks[64];
+    pthread_t ids[64];
+    int64_t started = 0;
+    for (int64_t i = 0; i < n; i++) {
+        tasks[i].job = *job;
+        tasks[i].kind = kind;
+        tasks[i].job.b0 = B * i / n;
+        tasks[i].job.b1 = B * (i + 1) / n;
+        tasks[i].job.w = scratch + i * per;
+        tasks[i].job.part = scratch + i * per + 7 * C;
+    }
+    for (int64_t i = 1; i < n; i++) {  /* the calling thread does the first share */
+        if (pthread_create(&ids[i], NULL, run_task, &tasks[i]) != 0) break;
+        started = i;
+    }
+    run_task(&tasks[0]);
+    for (int64_t i = started + 1; i < n; i++) run_task(&tasks[i]);  /* thread start failed */
+    for (int64_t i = 1; i <= started; i++) pthread_join(ids[i], NULL);
+    if (kind == 2) {
+        for (int64_t c = 0; c < 3 * C; c++) {
+            double acc = 0.0;
+            for (int64_t i = 0; i < n; i++) acc += tasks[i].job.part[c];
+            pgrad[c] = (float)acc;
+        }
+    }
+    free(scratch);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- entry points */
+/* Writes stats (3, B, C) (the embedding E, the gate and dgate/dz), idx (B, C) for p = inf,
+ * and y = x * gate when y is not NULL. With given_e, stats[0] already holds E (computed by
+ * the caller). Returns 0, or -1 if out of memory. */
+int gct_forward(const Cfg *k, const float *x, const float *alpha, const float *gamma,
+                const float *beta, float *stats, int64_t *idx, float *y, int given_e) {
+    Job job = {k, x, NULL, NULL, alpha, gamma, beta, y, NULL, stats, idx, NULL, 0, 0, NULL};
+    return run_rows(&job, given_e ? 1 : 0, NULL);
+}
+
+/* Writes dx (when not NULL) and the parameter gradients pgrad (3, C): dalpha, dgamma,
+ * dbeta. h is sign(x) |x|^(p-1) for P_GIVEN, else NULL. Returns 0, or -1 if out of memory. */
+int gct_backward(const Cfg *k, const float *dy, const float *x, const float *h,
+                 const float *alpha, const float *gamma, const float *beta,
+                 const float *stats, const int64_t *idx, float *dx, float *pgrad) {
+    Job job = {k, x, dy, h, alpha, gamma, beta, NULL, dx, (float *)stats, (int64_t *)idx,
+               NULL, 0, 0, NULL};
+    return run_rows(&job, 2, pgrad);
+}
