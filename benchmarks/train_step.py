@@ -6,11 +6,16 @@ with ``recompute=True``, the eager transcription of the formula ("reference",
 ``fused=False``) and the memory floor gate of benchmarks.gct_op ("floor", the cheapest
 possible channel gate). Target: GCT overhead over plain at most 10% on CPU.
 
-    python -m benchmarks.train_step [--threads 1] [--rounds 15] [--channels-last]
+With ``--compile`` it also times ``torch.compile`` of the plain and the GCT network (the
+fused GCT stays one opaque call; inductor compiles the network around it; the first,
+compiling step is reported apart).
+
+    python -m benchmarks.train_step [--threads 1] [--rounds 15] [--channels-last] [--compile]
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -85,23 +90,36 @@ def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], 
 def main() -> None:
     parser = arg_parser(__doc__.splitlines()[0], rounds=15)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile of the plain and the GCT network")
     args = parser.parse_args()
     setup(args)
     x, y = batch(channels_last=args.channels_last)
     names = ("plain", "gct", "gct-recompute", "reference", "floor")
     steps = {v: step_fn(build(v, args.channels_last), x, y) for v in names}
+    if args.compile:
+        for v in ("plain", "gct"):
+            steps[f"{v}+compile"] = step_fn(torch.compile(build(v, args.channels_last)), x, y)
+            start = time.perf_counter()
+            steps[f"{v}+compile"]()
+            print(f"{v}+compile: first step (compiling) {time.perf_counter() - start:.1f} s")
     t = interleaved(steps, rounds=args.rounds, warmup=3)
     layout = "channels_last" if args.channels_last else "contiguous"
     print(f"\nResNet-20, batch 128, 32x32, {layout}, GCT before all 21 convs; "
           "median (min-max) per step")
     for name, samples in t.items():
-        print(f"  {name:13s} {samples.text():28s} {DESCRIPTIONS[name]}")
+        text = DESCRIPTIONS.get(name, "torch.compile of the network above")
+        print(f"  {name:13s} {samples.text():28s} {text}")
     overhead = ratio(t, "gct", "plain")
     print(f"GCT / plain:          {overhead.text()}   (target <= {OVERHEAD_TARGET:.2f})")
     print(f"recompute / plain:    {ratio(t, 'gct-recompute', 'plain').text()}")
     print(f"reference / plain:    {ratio(t, 'reference', 'plain').text()}")
     print(f"reference / GCT:      {ratio(t, 'reference', 'gct').text()}")
     print(f"floor / plain:        {ratio(t, 'floor', 'plain').text()}   (the cheapest gate)")
+    if args.compile:
+        print(f"plain+compile / plain: {ratio(t, 'plain+compile', 'plain').text()}")
+        print(f"gct+compile / gct:     {ratio(t, 'gct+compile', 'gct').text()}")
+        print(f"gct+compile / plain+compile: {ratio(t, 'gct+compile', 'plain+compile').text()}")
     print(verdict([(f"GCT overhead {overhead.median:.2f} > {OVERHEAD_TARGET}",
                     overhead.median <= OVERHEAD_TARGET)]))
 

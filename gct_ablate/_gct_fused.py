@@ -275,11 +275,15 @@ class _GatedConvFunction(torch.autograd.Function):
         return (*gct, dw, db, None, None)
 
 
+# Opaque to torch.compile (the kernel is a ctypes call): one graph break each. GCT and
+# GatedConv trace the formula instead while compiling.
+@torch.compiler.disable
 def gct(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, cfg: GCTConfig) -> Tensor:
     """Fused GCT of a (B, C, H, W) tensor (see the module doc)."""
     return _GCTFunction.apply(x, alpha, gamma, beta, cfg)
 
 
+@torch.compiler.disable
 def gated_conv(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, cfg: GCTConfig,
                weight: Tensor, bias: Tensor | None, stride: tuple[int, ...],
                padding: tuple[int, ...], dilation: tuple[int, ...], groups: int) -> Tensor:

@@ -183,7 +183,8 @@ def train(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("status", "val_top1", "val_top5", "val_loss", "train_loss", "epochs_done",
-                "params_total", "params_attention", "n_attention_modules", "seconds", "device"):
+                "params_total", "params_attention", "n_attention_modules", "seconds", "device",
+                "gct_impl"):
         value = metrics[key]
         if key in ("val_top1", "val_top5"):
             value = f"{100 * value:.2f} %"

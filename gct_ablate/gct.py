@@ -231,7 +231,9 @@ class GCT(nn.Module):
         return gct_gate(x, self.alpha, self.gamma, self.beta, **self._options())
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused:
+        # Under torch.compile the formula itself is traced: inductor fuses it (the fused
+        # functions are opaque to it, and the graph breaks they make cost more than they save).
+        if self.fused and not torch.compiler.is_compiling():
             return _gct_fused.gct(x, self.alpha, self.gamma, self.beta, self.config)
         return gct_reference(x, self.alpha, self.gamma, self.beta, **self._options())
 
@@ -286,7 +288,8 @@ def is_attention(module: nn.Module) -> bool:
 class GatedConv(nn.Module):
     """``conv(attn(x))``; with ``attn.recompute`` the gated input is recomputed in backward.
 
-    By default the conv stores its input ``x * gate`` for backward, as any conv does. With
+    By default the conv stores its input ``x * gate`` for backward, as any conv does (before
+    a strided 1x1 conv, such as a downsampling projection, only the pixels it reads). With
     ``attn.recompute`` only x (and (B, C) statistics) are kept: a fused GCT + conv2d
     autograd function for a fused GCT before a plain ``nn.Conv2d`` outside autocast (the
     cost is one broadcast multiply per conv in backward), else non-reentrant activation
@@ -299,7 +302,20 @@ class GatedConv(nn.Module):
         self.conv = conv
 
     def _run(self, x: Tensor) -> Tensor:
-        return self.conv(self.attn(x))
+        conv = self.conv
+        if not self._strided_pointwise():
+            return conv(self.attn(x))
+        # A strided 1x1 conv reads every s-th pixel only: keep (and store) just those.
+        y = self.attn(x)[:, :, ::conv.stride[0], ::conv.stride[1]]
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous() else torch.contiguous_format
+        return F.conv2d(y.contiguous(memory_format=fmt), conv.weight, conv.bias, 1, 0, 1,
+                        conv.groups)
+
+    def _strided_pointwise(self) -> bool:
+        conv = self.conv
+        return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1)
+                and conv.padding == (0, 0) and conv.stride != (1, 1))
 
     def _fusable(self, x: Tensor) -> bool:
         attn, conv = self.attn, self.conv
@@ -308,7 +324,8 @@ class GatedConv(nn.Module):
                 and not torch.is_autocast_enabled(x.device.type))
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (getattr(self.attn, "recompute", False) and torch.is_grad_enabled()):
+        if not (getattr(self.attn, "recompute", False) and torch.is_grad_enabled()) \
+                or torch.compiler.is_compiling():  # compiled: its partitioner picks what to keep
             return self._run(x)
         if self._fusable(x):
             a, c = self.attn, self.conv

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gct_ablate import _gct_kernel
 from gct_ablate.data import Dataset, load_dataset
 from gct_ablate.gct import GCT
 from gct_ablate.models import attention_modules, build_model, count_parameters
@@ -95,6 +96,15 @@ def evaluate(
         topk += hit.any(dim=1).sum()
     n = data.val_y.numel()
     return {"val_loss": loss.item() / n, "val_top1": top1.item() / n, "val_top5": topk.item() / n}
+
+
+def gct_implementation(cfg: TrialConfig, device: torch.device) -> str:
+    """Which fused GCT implementation a trial runs: the C kernel or torch (and why)."""
+    if cfg.attention != "gct":
+        return "-"
+    if device.type != "cpu" or amp_dtype(cfg, device) is not None:
+        return "torch"
+    return "C kernel" if _gct_kernel.library() is not None else _gct_kernel.describe()
 
 
 def train_eval(
@@ -183,6 +193,7 @@ def train_eval(
         "params_attention": attn,
         "n_attention_modules": n_modules,
         "device": str(device),
+        "gct_impl": gct_implementation(cfg, device),
     }
     if on_end is not None and status == "ok":
         result.update(on_end(model, data, device) or {})

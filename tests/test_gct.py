@@ -466,8 +466,33 @@ def test_gated_conv_recompute(impl: str, conv: dict, channels_last: bool):
     x.requires_grad_(False)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
-    assert default_bytes >= 2 * x_bytes  # x and the gated copy that the conv keeps
-    assert recompute_bytes < 1.1 * x_bytes + 4 * plain.conv.weight.numel() + 10_000
+    # x and the gated copy that the conv keeps (of a strided 1x1 conv: the pixels it reads)
+    gated_bytes = x_bytes // 4 if conv["kernel_size"] == 1 else x_bytes
+    extra = 4 * plain.conv.weight.numel() + 10_000
+    assert x_bytes + gated_bytes <= default_bytes < x_bytes + gated_bytes + extra
+    assert recompute_bytes < 1.1 * x_bytes + extra
+
+
+@pytest.mark.parametrize("kind", ["gct", "se"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [16, 15])
+def test_strided_pointwise_conv_gates_only_the_pixels_it_reads(kind: str, channels_last: bool,
+                                                                size: int):
+    """conv1x1(attn(x), stride 2) computed on attn(x)[::2, ::2]: same values and gradients."""
+    torch.manual_seed(0)
+    attn = make_attention(kind, 8, **({"gamma_init": "normal"} if kind == "gct" else {}))
+    module = GatedConv(attn, nn.Conv2d(8, 12, 1, stride=2, bias=True))
+    x = randn(4, 8, size, size, dtype=torch.float32)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    params = list(module.parameters())
+    dy = randn(4, 12, (size + 1) // 2, (size + 1) // 2, dtype=torch.float32, seed=3)
+    got = outputs_and_grads(module, x, params, dy)
+    want = outputs_and_grads(lambda x: module.conv(module.attn(x)), x, params, dy)
+    assert got[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
 def test_gated_conv_fused_gradcheck():
@@ -485,3 +510,23 @@ def test_gated_conv_without_attention_grad():
     out = module(x)  # the stem: input without grad, only the GCT parameters learn
     out.sum().backward()
     assert module.attn.gamma.grad is not None and module.conv.weight.grad is None
+
+
+def test_torch_compile_traces_the_formula_and_matches_eager():
+    """Under torch.compile GCT (and GatedConv, recompute or not) trace the published maths:
+    no graph break, the same values and gradients as the fused eager module."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    gct = make_gct("fused", 4, torch.float32, p=3.0, norm="layer", recompute=True)
+    module = nn.Sequential(GatedConv(gct, nn.Conv2d(4, 6, 3, padding=1)), nn.ReLU(),
+                           GatedConv(make_attention("gct", 6), nn.Conv2d(6, 2, 1, stride=2)))
+    x, dy = randn(2, 4, 6, 6, dtype=torch.float32), randn(2, 2, 3, 3, dtype=torch.float32)
+    params = list(module.parameters())
+    want = outputs_and_grads(module, x, params, dy)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(module)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    got = outputs_and_grads(torch.compile(module), x, params, dy)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)

@@ -36,6 +36,16 @@ def test_metrics_carry_parameter_counts():
     assert m["params_attention"] == 3 * channels
     assert 0 < m["params_attention"] < m["params_total"]
     assert m["seconds"] > 0
+    assert m["gct_impl"] == "C kernel"  # float32 on the CPU, with a C compiler here
+
+
+def test_gct_implementation_is_reported():
+    from gct_ablate.train import gct_implementation
+
+    cpu = torch.device("cpu")
+    assert gct_implementation(TrialConfig(), cpu) == "C kernel"
+    assert gct_implementation(TrialConfig(amp="bf16"), cpu) == "torch"
+    assert gct_implementation(TrialConfig(attention="se"), cpu) == "-"
 
 
 def test_default_configuration_learns_digits():
