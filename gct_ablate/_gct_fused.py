@@ -210,9 +210,10 @@ def _forward(ctx: Any, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor,
     """
     ctx.cfg = cfg
     ctx.kernel = _gct_kernel.applies(x, alpha, gamma, beta)
-    if ctx.kernel:
+    if ctx.kernel:  # parameters are leaves, not changed before backward: kept on ctx
+        ctx.params = (alpha, gamma, beta)
         y, stats, idx = _gct_kernel.forward(x, alpha, gamma, beta, cfg, write_y)
-        return y, stats[1], (stats, idx, alpha, gamma, beta)
+        return y, stats[1], (stats, idx)
     ctx.param_meta = [(t.shape, t.dtype) for t in (alpha, gamma, beta)]
     e, idx = _embedding(x, cfg)
     gate, cache = _gate_forward(e, alpha, gamma, beta, cfg)
@@ -223,8 +224,8 @@ def _backward(ctx: Any, dy: Tensor, x: Tensor, stats: list[Tensor]) -> list[Tens
     """(dx, dalpha, dgamma, dbeta) of one GCT from dL/dy."""
     needs = ctx.needs_input_grad[:4]
     if ctx.kernel:  # the gradients come in the parameters' shape and dtype
-        e_gate, idx, *params = stats
-        grads = _gct_kernel.backward(dy, x, *params, e_gate, idx, ctx.cfg, needs[0])
+        e_gate, idx = stats
+        grads = _gct_kernel.backward(dy, x, *ctx.params, e_gate, idx, ctx.cfg, needs[0])
         return [g if need else None for g, need in zip(grads, needs, strict=True)]
     e, gate, idx, *cache = stats
     dx, dot = _dot_and_scale(dy, x, gate, scale=needs[0])
@@ -275,15 +276,11 @@ class _GatedConvFunction(torch.autograd.Function):
         return (*gct, dw, db, None, None)
 
 
-# Opaque to torch.compile (the kernel is a ctypes call): one graph break each. GCT and
-# GatedConv trace the formula instead while compiling.
-@torch.compiler.disable
 def gct(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, cfg: GCTConfig) -> Tensor:
     """Fused GCT of a (B, C, H, W) tensor (see the module doc)."""
     return _GCTFunction.apply(x, alpha, gamma, beta, cfg)
 
 
-@torch.compiler.disable
 def gated_conv(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, cfg: GCTConfig,
                weight: Tensor, bias: Tensor | None, stride: tuple[int, ...],
                padding: tuple[int, ...], dilation: tuple[int, ...], groups: int) -> Tensor:

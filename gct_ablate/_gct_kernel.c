@@ -128,7 +128,8 @@ static void embed_row(const Cfg *k, const float *x, double *e, int64_t *idx, flo
     }
 }
 
-static void scale_row(const Cfg *k, const float *x, const float *gate, float *y) {
+static void scale_row(const Cfg *k, const float *restrict x, const float *restrict gate,
+                      float *restrict y) {
     const int64_t C = k->C, HW = k->HW;
     if (!k->channels_last) {
         for (int64_t c = 0; c < C; c++) {
@@ -162,8 +163,9 @@ static inline float lin(int mode, float x) {  /* the per-element factor of dE/dx
 
 /* dx = gate * dy + coef * t, where t is x (p = 2), sign(x) (p = 1), 1 (gap, p = 1 after
  * ReLU) or h (given p); nothing for p = inf (added at the maximiser afterwards). */
-static void dx_row(const Cfg *k, const float *dy, const float *x, const float *h,
-                   const float *gate, const float *coef, float *dx) {
+static void dx_row(const Cfg *k, const float *restrict dy, const float *restrict x,
+                   const float *restrict h, const float *restrict gate,
+                   const float *restrict coef, float *restrict dx) {
     const int64_t C = k->C, HW = k->HW;
     int mode = k->pmode;
     if (mode == P_ONE && k->after_relu) mode = P_GAP;

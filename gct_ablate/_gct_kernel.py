@@ -168,10 +168,7 @@ def forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, cfg: GCTConfi
     if k.pmode == _P_GIVEN:
         stats[0] = _given_embedding(x, cfg)
     idx = torch.empty(b, c, dtype=torch.int64) if k.pmode == _P_INF else None
-    y = None
-    if write_y:
-        y = torch.empty_like(x, memory_format=torch.channels_last if channels_last
-                             else torch.contiguous_format)
+    y = torch.empty_like(x) if write_y else None  # x is dense: the same strides
     rc = library().gct_forward(k, *map(_ptr, (x, alpha, gamma, beta, stats, idx, y)),
                                k.pmode == _P_GIVEN)
     if rc:
@@ -185,15 +182,15 @@ def backward(dy: Tensor, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, 
     """(dx or None, dalpha, dgamma, dbeta), the parameter gradients shaped like alpha."""
     channels_last = not x.is_contiguous()
     k = _cfg(x.shape, channels_last, cfg, torch.get_num_threads())
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     if dy.dtype != torch.float32:
         dy = dy.float()
-    if not dy.is_contiguous(memory_format=fmt):
-        dy = dy.contiguous(memory_format=fmt)
+    if dy.stride() != x.stride():  # the kernel reads both in the layout of x
+        dy = dy.contiguous(memory_format=torch.channels_last if channels_last
+                           else torch.contiguous_format)
     h = None
     if k.pmode == _P_GIVEN and need_dx:
         h = torch.copysign(x.abs().pow_(cfg.p - 1.0), x)
-    dx = torch.empty_like(x, memory_format=fmt) if need_dx else None
+    dx = torch.empty_like(x) if need_dx else None
     pgrad = torch.empty((3, *alpha.shape))
     rc = library().gct_backward(k, *map(_ptr, (dy, x, h, alpha, gamma, beta, stats, idx, dx,
                                                pgrad)))
