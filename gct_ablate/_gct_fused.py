@@ -1,6 +1,8 @@
 """Fused GCT: custom autograd functions with an analytic backward (maths in ``gct.py``'s doc).
 
-Forward: one float32 reduction pass over x for the embedding, (B, C)-sized gate maths, one
+Float32 CPU input runs the compiled kernel of ``_gct_kernel`` (one batch row at a time);
+everything else (float64, half precision, CUDA, no C compiler) the torch passes below.
+Torch passes, forward: one float32 reduction pass over x for the embedding, (B, C)-sized gate maths, one
 broadcast multiply that writes the output. Saved for backward: x and (B, C) statistics only.
 Backward: one pass reading (dy, x) that yields both ``gate * dy`` and the per-channel dot
 ``sum_hw dy * x`` (the batch-norm backward kernel with B*C "channels", for contiguous float
