@@ -8,6 +8,7 @@ round, then summarised by their median and min-max over rounds.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -59,21 +60,32 @@ def clock_name() -> str:
 
 
 def interleaved(cases: Mapping[str, Callable[[], object]], rounds: int = 15, warmup: int = 2,
-                number: int = 1) -> dict[str, Samples]:
-    """Time every case once per round (rotating the order); ``number`` calls per sample."""
+                number: int = 1, min_sample: float = 0.0) -> dict[str, Samples]:
+    """Time every case once per round (rotating the order); ``number`` calls per sample.
+
+    With ``min_sample`` (seconds) each case makes as many calls per sample as it needs to
+    take at least that long (calibrated after the warm-up): short calls are otherwise at
+    the mercy of timer resolution and of interrupts on a shared machine.
+    """
     now = clock()
     names = list(cases)
     for _ in range(warmup):
         for name in names:
             cases[name]()
+    calls = dict.fromkeys(names, number)
+    if min_sample > 0:
+        for name in names:
+            start = now()
+            cases[name]()
+            calls[name] = max(number, math.ceil(min_sample / max(now() - start, 1e-6)))
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             start = now()
-            for _ in range(number):
+            for _ in range(calls[name]):
                 cases[name]()
-            times[name].append((now() - start) / number)
+            times[name].append((now() - start) / calls[name])
     return {name: Samples(tuple(v)) for name, v in times.items()}
 
 
@@ -98,15 +110,15 @@ def arg_parser(description: str, rounds: int) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: stable on a shared machine)")
     parser.add_argument("--rounds", type=int, default=rounds, help="interleaved timing rounds")
-    parser.add_argument("--tune-malloc", action="store_true",
-                        help="glibc mallopt: keep freed memory (see _util.tune_malloc)")
+    parser.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
+                        help="glibc mallopt: keep freed memory, as gct-ablate's own processes "
+                             "do (see gct_ablate._util.tune_malloc); applies to every case alike")
     return parser
 
 
 def setup(args: argparse.Namespace) -> None:
     """Apply --tune-malloc and --threads, and print the settings."""
-    if args.tune_malloc:
-        print(f"glibc malloc tuned: {tune_malloc()}")
+    print(f"glibc malloc tuned: {tune_malloc() if args.tune_malloc else 'no (--no-tune-malloc)'}")
     set_threads(args.threads)
 
 

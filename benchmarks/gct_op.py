@@ -29,6 +29,7 @@ SHAPES = ((128, 16, 32, 32), (128, 64, 8, 8), (32, 256, 28, 28))
 SPEEDUP_TARGET = {SHAPES[0]: 2.0, SHAPES[1]: 1.5, SHAPES[2]: 2.0}
 FLOOR_TARGET = 1.5
 TOLERANCE = 1e-5
+MIN_SAMPLE = 0.02  # seconds per timed sample: a 1 ms call is repeated about 20 times
 
 
 def published_gct(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor,
@@ -111,7 +112,7 @@ def bench_shapes(rounds: int) -> list[tuple[str, bool]]:
             "floor": _step(floor, x, [], dy),
         }
         err = _max_diff(cases["fused"](), cases["reference"]())
-        t = interleaved(cases, rounds=rounds)
+        t = interleaved(cases, rounds=rounds, min_sample=MIN_SAMPLE)
         speed, vs_floor = ratio(t, "reference", "fused"), ratio(t, "fused", "floor")
         name = f"{shape}{' channels_last' if cl else ''}"
         print(f"  {name:34s} fused {t['fused'].text()}  speedup vs reference {speed.text()}  "
@@ -145,7 +146,7 @@ def bench_options(rounds: int, shape: tuple[int, ...]) -> list[tuple[str, bool]]
 
         cases = {"reference": _step(eager, xin, params, dy), "fused": _step(fused, xin, params, dy)}
         err = _max_diff(cases["fused"](), cases["reference"]())
-        t = interleaved(cases, rounds=rounds)
+        t = interleaved(cases, rounds=rounds, min_sample=MIN_SAMPLE)
         speed = ratio(t, "reference", "fused")
         text = ", ".join(f"{k}={v}" for k, v in opts.items())
         print(f"  {text:34s} fused {t['fused'].text()}  speedup {speed.text()}  "

@@ -2,11 +2,12 @@
 
 Float32 CPU input runs the compiled kernel of ``_gct_kernel`` (one batch row at a time);
 everything else (float64, half precision, CUDA, no C compiler) the torch passes below.
-Torch passes, forward: one float32 reduction pass over x for the embedding, (B, C)-sized gate maths, one
-broadcast multiply that writes the output. Saved for backward: x and (B, C) statistics only.
-Backward: one pass reading (dy, x) that yields both ``gate * dy`` and the per-channel dot
-``sum_hw dy * x`` (the batch-norm backward kernel with B*C "channels", for contiguous float
-input; a multiply and a sum otherwise), (B, C) maths, one in-place update of dx.
+Torch passes, forward: one float32 reduction pass over x for the embedding, (B, C)-sized
+gate maths, one broadcast multiply that writes the output. Saved for backward: x and
+(B, C) statistics only. Backward: one pass reading (dy, x) that yields both ``gate * dy``
+and the per-channel dot ``sum_hw dy * x`` (the batch-norm backward kernel with B*C
+"channels", for contiguous float input; a multiply and a sum otherwise), (B, C) maths, one
+in-place update of dx.
 The p = inf embedding routes its gradient to one maximiser per channel (a subgradient).
 ``gated_conv`` also fuses the following convolution so that ``x * gate`` is recomputed, not
 stored, in backward (the ``recompute`` memory saver).

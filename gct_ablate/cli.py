@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from gct_ablate._util import UsageError, mask_url
+from gct_ablate._util import UsageError, mask_url, tune_malloc
 from gct_ablate.factors import FACTORS, FactorError, parse_assignments, split_levels
 from gct_ablate.spec import SpecError, StudySpec, TrialConfig
 
@@ -166,6 +166,7 @@ def train(
 
     from gct_ablate.train import train_eval
 
+    tune_malloc()  # as the study workers do: no page faults on every large allocation
     columns = (TextColumn("[bold]epoch {task.completed}/{task.total}"), BarColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
