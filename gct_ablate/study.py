@@ -445,8 +445,12 @@ def run_trial(
     if on_event:
         on_event("start", {"number": trial.number, "cell": cell_id(cell), "seed": seed})
 
+    logged: dict[str, Any] = {}  # what the last report logged, and at which step
+
     def report(epoch: int, metrics: dict[str, float]) -> None:
         tracker.log_metrics(run_id, metrics, step=epoch)
+        logged.clear()
+        logged.update(metrics, _step=epoch)
         trial.report(metrics[spec.metric], epoch)
         if on_event:
             on_event("epoch", {"number": trial.number, "epoch": epoch, **metrics})
@@ -476,7 +480,9 @@ def run_trial(
         _fail(study, trial, tracker, run_id, f"{type(err).__name__}: {err}", "FAILED")
         return
     final = {k: v for k, v in metrics.items() if k != "status"}
-    tracker.log_metrics(run_id, final, step=metrics.get("epochs_done", 0))
+    step = metrics.get("epochs_done", 0)
+    seen = logged if logged.get("_step") == step else {}
+    tracker.log_metrics(run_id, {k: v for k, v in final.items() if seen.get(k) != v}, step=step)
     trial.set_user_attr("metrics", final)
     if metrics["status"] != "ok":
         reason = f"{metrics['status']}: loss became NaN/inf after epoch {metrics['epochs_done']}"

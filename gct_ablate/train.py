@@ -118,10 +118,20 @@ def train_eval(
     ``metrics['status']`` is 'ok', or 'diverged' when the loss became NaN/inf (the run
     stops at that epoch; the metrics are those of the last evaluation).
     ``on_end(model, data, device)`` runs after training; its dict is merged into the result.
+    ``cfg.threads`` applies while it runs; the caller's thread count is restored after.
     """
-    start = time.perf_counter()
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _train_eval(cfg, report, on_end)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None
+                ) -> dict[str, Any]:
+    start = time.perf_counter()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download).to(device)

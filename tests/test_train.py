@@ -101,3 +101,15 @@ def test_device_auto_is_cpu_here_and_bad_device_is_an_error():
         assert resolve_device("auto").type in ("cpu", "mps")
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_threads_apply_during_training_only():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        train_eval(TrialConfig(epochs=1, threads=1, attention="none"),
+                   lambda e, m: seen.append(torch.get_num_threads()))
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
