@@ -224,10 +224,18 @@ def _owner() -> dict[str, Any]:
 
 
 def _is_dead_here(trial: FrozenTrial) -> bool:
+    """Its worker ran on this host and its process is gone.
+
+    The owner writes host, pid, proc one by one (see :func:`_owner`): without "proc" yet,
+    only a pid with no live process at all counts as dead, never a live one still writing.
+    """
     attrs = trial.user_attrs
     if attrs.get("host") != socket.gethostname() or "pid" not in attrs:
         return False
-    return _process_token(int(attrs["pid"])) != attrs.get("proc")
+    token = _process_token(int(attrs["pid"]))
+    if "proc" not in attrs:
+        return token is None
+    return token != attrs["proc"]
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial, reason: str = "") -> None:

@@ -113,6 +113,30 @@ def test_a_dead_workers_trial_is_requeued_and_finished_once(tmp_path):
     assert prepare_study(spec, storage, Tracker(default_tracking_uri(tmp_path))).enqueued == 0
 
 
+@pytest.mark.parametrize("alive", [True, False])
+def test_an_owner_still_writing_its_attributes_is_not_reaped(tmp_path, alive: bool):
+    """A worker that popped a trial and has written host and pid but not yet "proc" is
+    alive: another worker's reaper must leave the trial alone (a race seen on PostgreSQL).
+    A pid with no process at all is dead even without "proc"."""
+    import os
+    import socket
+
+    storage, _, prepared = setup(tmp_path, tiny_spec(seeds=1))
+    study = prepared.study
+    trial_id = _pop_waiting(study)
+    if alive:
+        pid = os.getpid()
+    else:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        pid = dead.pid
+    storage.set_trial_user_attr(trial_id, "host", socket.gethostname())
+    storage.set_trial_user_attr(trial_id, "pid", pid)
+    assert reap_dead_trials(study) == (0 if alive else 1)
+    state = storage.get_trial(trial_id).state
+    assert state == (TrialState.RUNNING if alive else TrialState.FAIL)
+
+
 def test_failed_cells_wait_for_retry_failed(tmp_path):
     spec = tiny_spec(seeds=1, fixed={"epochs": 1, "lr": 1e8, "warmup_epochs": 0})
     storage, tracker, _ = setup(tmp_path, spec)
