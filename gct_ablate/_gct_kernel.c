@@ -155,11 +155,7 @@ static void dot_row(const Cfg *k, const float *dy, const float *x, double *dot, 
     for (int64_t c = 0; c < C; c++) dot[c] = reduce_dot(dy + c * HW, x + c * HW, HW);
 }
 
-static inline float lin(int mode, float x) {  /* the per-element factor of dE/dx */
-    if (mode == P_TWO) return x;
-    if (mode == P_ONE) return (float)((x > 0.0f) - (x < 0.0f));
-    return 1.0f;
-}
+static inline float sign_of(float x) { return (float)((x > 0.0f) - (x < 0.0f)); }
 
 /* dx = gate * dy + coef * t, where t is x (p = 2), sign(x) (p = 1), 1 (gap, p = 1 after
  * ReLU) or h (given p); nothing for p = inf (added at the maximiser afterwards). */
@@ -179,7 +175,7 @@ static void dx_row(const Cfg *k, const float *restrict dy, const float *restrict
                 const float *w = h + c * HW;
                 for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * w[i];
             } else if (mode == P_TWO) for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * v[i];
-            else if (mode == P_ONE) for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * lin(P_ONE, v[i]);
+            else if (mode == P_ONE) for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * sign_of(v[i]);
             else for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q;
         }
     } else {
@@ -191,7 +187,7 @@ static void dx_row(const Cfg *k, const float *restrict dy, const float *restrict
                 const float *w = h + i * C;
                 for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c] * w[c];
             } else if (mode == P_TWO) for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c] * v[c];
-            else if (mode == P_ONE) for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c] * lin(P_ONE, v[c]);
+            else if (mode == P_ONE) for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c] * sign_of(v[c]);
             else for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c];
         }
     }
@@ -277,13 +273,13 @@ static void gate_backward(const Cfg *k, const float *e, const float *dact, const
 }
 
 /* ---------------------------------------------------------------- row workers */
-static void forward_rows(const Job *j, int given) {
+static void forward_rows(const Job *j) {
     const Cfg *k = j->k;
     const int64_t C = k->C, n = C * k->HW;
     double *w = j->w, *s = w + C, *u = s + C, *z = u + C;
     for (int64_t b = j->b0; b < j->b1; b++) {
         float *e = j->stats + b * C, *gate = e + k->B * C, *dact = gate + k->B * C;
-        if (!given) {
+        if (k->pmode != P_GIVEN) {
             embed_row(k, j->x + b * n, w, j->idx ? j->idx + b * C : NULL, (float *)(z + C));
             for (int64_t c = 0; c < C; c++) e[c] = (float)w[c];
         }
@@ -323,25 +319,25 @@ static void backward_rows(const Job *j) {
             for (int64_t c = 0; c < C; c++) {
                 int64_t at = k->channels_last ? j->idx[b * C + c] * C + c
                                               : c * HW + j->idx[b * C + c];
-                dx[at] += (float)(((x[at] > 0.0f) - (x[at] < 0.0f)) * de[c]);
+                dx[at] += (float)(sign_of(x[at]) * de[c]);
             }
         }
     }
 }
 
 /* ---------------------------------------------------------------- threads */
-typedef struct { Job job; int kind; } Task;
+typedef struct { Job job; int backward; } Task;
 
 static void *run_task(void *arg) {
     Task *t = arg;
-    if (t->kind == 2) backward_rows(&t->job);
-    else forward_rows(&t->job, t->kind);
+    if (t->backward) backward_rows(&t->job);
+    else forward_rows(&t->job);
     return NULL;
 }
 
-/* Splits the rows between k->threads threads (at most 64); for the backward (kind 2), sums
+/* Splits the rows between k->threads threads (at most 64); for the backward, sums
  * the shares' parameter gradients into pgrad (3, C). Returns 0, or -1 if out of memory. */
-static int run_rows(const Job *job, int kind, float *pgrad) {
+static int run_rows(const Job *job, int backward, float *pgrad) {
     const int64_t B = job->k->B, C = job->k->C, per = 10 * C;
     int64_t n = job->k->threads;
     if (n > B) n = B;
@@ -354,7 +350,7 @@ static int run_rows(const Job *job, int kind, float *pgrad) {
     int64_t started = 0;
     for (int64_t i = 0; i < n; i++) {
         tasks[i].job = *job;
-        tasks[i].kind = kind;
+        tasks[i].backward = backward;
         tasks[i].job.b0 = B * i / n;
         tasks[i].job.b1 = B * (i + 1) / n;
         tasks[i].job.w = scratch + i * per;
@@ -367,7 +363,7 @@ static int run_rows(const Job *job, int kind, float *pgrad) {
     run_task(&tasks[0]);
     for (int64_t i = started + 1; i < n; i++) run_task(&tasks[i]);  /* thread start failed */
     for (int64_t i = 1; i <= started; i++) pthread_join(ids[i], NULL);
-    if (kind == 2) {
+    if (backward) {
         for (int64_t c = 0; c < 3 * C; c++) {
             double acc = 0.0;
             for (int64_t i = 0; i < n; i++) acc += tasks[i].job.part[c];
@@ -380,12 +376,12 @@ static int run_rows(const Job *job, int kind, float *pgrad) {
 
 /* ---------------------------------------------------------------- entry points */
 /* Writes stats (3, B, C) (the embedding E, the gate and dgate/dz), idx (B, C) for p = inf,
- * and y = x * gate when y is not NULL. With given_e, stats[0] already holds E (computed by
+ * and y = x * gate when y is not NULL. For P_GIVEN, stats[0] already holds E (computed by
  * the caller). Returns 0, or -1 if out of memory. */
 int gct_forward(const Cfg *k, const float *x, const float *alpha, const float *gamma,
-                const float *beta, float *stats, int64_t *idx, float *y, int given_e) {
+                const float *beta, float *stats, int64_t *idx, float *y) {
     Job job = {k, x, NULL, NULL, alpha, gamma, beta, y, NULL, stats, idx, NULL, 0, 0, NULL};
-    return run_rows(&job, given_e ? 1 : 0, NULL);
+    return run_rows(&job, 0, NULL);
 }
 
 /* Writes dx (when not NULL) and the parameter gradients pgrad (3, C): dalpha, dgamma,
@@ -395,5 +391,5 @@ int gct_backward(const Cfg *k, const float *dy, const float *x, const float *h,
                  const float *stats, const int64_t *idx, float *dx, float *pgrad) {
     Job job = {k, x, dy, h, alpha, gamma, beta, NULL, dx, (float *)stats, (int64_t *)idx,
                NULL, 0, 0, NULL};
-    return run_rows(&job, 2, pgrad);
+    return run_rows(&job, 1, pgrad);
 }

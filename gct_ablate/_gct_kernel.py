@@ -107,7 +107,7 @@ def _load() -> _Status:
         return _Status(None, f"eager torch (building the C kernel failed: {' '.join(first)})")
     ptr = ctypes.c_void_p
     cfg = ctypes.POINTER(_Cfg)
-    lib.gct_forward.argtypes = [cfg, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
+    lib.gct_forward.argtypes = [cfg, *[ptr] * 7]
     lib.gct_backward.argtypes = [cfg, *[ptr] * 10]
     lib.gct_forward.restype = lib.gct_backward.restype = ctypes.c_int
     return _Status(lib, f"compiled C kernel ({path})")
@@ -169,8 +169,7 @@ def forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, cfg: GCTConfi
         stats[0] = _given_embedding(x, cfg)
     idx = torch.empty(b, c, dtype=torch.int64) if k.pmode == _P_INF else None
     y = torch.empty_like(x) if write_y else None  # x is dense: the same strides
-    rc = library().gct_forward(k, *map(_ptr, (x, alpha, gamma, beta, stats, idx, y)),
-                               k.pmode == _P_GIVEN)
+    rc = library().gct_forward(k, *map(_ptr, (x, alpha, gamma, beta, stats, idx, y)))
     if rc:
         raise MemoryError("GCT kernel: out of memory")
     return y, stats, idx
