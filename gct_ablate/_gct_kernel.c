@@ -30,7 +30,8 @@ typedef struct {
     int64_t *idx;
     double *part;           /* backward: this share's parameter gradients, (3, C) */
     int64_t b0, b1;
-    double *w;              /* this share's scratch: 7 C doubles */
+    double *w;              /* this share's scratch: 5 C doubles */
+    float *coef, *tile;     /* C floats; 2 tiles (see tile_of) */
 } Job;
 
 /* ---------------------------------------------------------------- full-size passes */
@@ -75,20 +76,35 @@ DEFINE_REDUCE(reduce_abs, VABS, ABS)
 DEFINE_REDUCE(reduce_square, VSQUARE, SQUARE)
 DEFINE_REDUCE(reduce_dot, VDOT, DOT)
 
-/* Per-channel sums over the H*W pixels of a channels_last row, in double. */
+/* channels_last rows are walked in tiles of T values (T: a multiple of C, at least TILE
+ * when C is smaller), so that the inner loops are long and need no per-pixel set-up: a
+ * per-channel vector (a gate, a coefficient) is repeated over the tile, and per-channel
+ * sums are gathered over it and folded at the end. */
+#define TILE 256
+static int64_t tile_of(int64_t C) { return C >= TILE ? C : C * ((TILE + C - 1) / C); }
+
+static void repeat_tile(const float *v, int64_t C, int64_t T, float *restrict tile) {
+    for (int64_t t = 0; t < T; t += C) memcpy(tile + t, v, (size_t)C * sizeof *v);
+}
+
+/* Per-channel sums over the H*W pixels of a channels_last row, in double: float partial
+ * sums in the tile acc over blocks of 64 tiles, added up in double. */
 #define DEFINE_REDUCE_CL(name, term)                                                \
-    static void name(const float *x, const float *y, int64_t C, int64_t HW,         \
-                     double *out, float *acc) {                                     \
+    static void name(const float *restrict x, const float *restrict y, int64_t C,   \
+                     int64_t HW, double *restrict out, float *restrict acc) {       \
+        const int64_t n = C * HW, T = tile_of(C), span = 64 * T;                    \
         for (int64_t c = 0; c < C; c++) out[c] = 0.0;                               \
-        for (int64_t start = 0; start < HW; start += BLOCK / 4) {                   \
-            const int64_t end = HW - start > BLOCK / 4 ? start + BLOCK / 4 : HW;    \
-            for (int64_t c = 0; c < C; c++) acc[c] = 0.0f;                          \
-            for (int64_t p = start; p < end; p++) {                                 \
-                const float *v = x + p * C, *w = y ? y + p * C : v;                 \
+        for (int64_t start = 0; start < n; start += span) {                         \
+            const int64_t end = n - start > span ? start + span : n;                \
+            for (int64_t t = 0; t < T; t++) acc[t] = 0.0f;                          \
+            for (int64_t i = start; i < end; i += T) {                              \
+                const float *v = x + i, *w = y ? y + i : v;                         \
+                const int64_t m = end - i < T ? end - i : T;                        \
                 (void)w;                                                            \
-                for (int64_t c = 0; c < C; c++) acc[c] += term(c);                  \
+                for (int64_t t = 0; t < m; t++) acc[t] += term(t);                  \
             }                                                                       \
-            for (int64_t c = 0; c < C; c++) out[c] += acc[c];                       \
+            for (int64_t t = 0; t < T; t += C)                                      \
+                for (int64_t c = 0; c < C; c++) out[c] += acc[t + c];               \
         }                                                                           \
     }
 DEFINE_REDUCE_CL(reduce_sum_cl, SUM)
@@ -129,7 +145,7 @@ static void embed_row(const Cfg *k, const float *x, double *e, int64_t *idx, flo
 }
 
 static void scale_row(const Cfg *k, const float *restrict x, const float *restrict gate,
-                      float *restrict y) {
+                      float *restrict y, float *restrict tile) {
     const int64_t C = k->C, HW = k->HW;
     if (!k->channels_last) {
         for (int64_t c = 0; c < C; c++) {
@@ -138,10 +154,11 @@ static void scale_row(const Cfg *k, const float *restrict x, const float *restri
             for (int64_t i = 0; i < HW; i++) o[i] = v[i] * g;
         }
     } else {
-        for (int64_t i = 0; i < HW; i++) {
-            const float *v = x + i * C;
-            float *o = y + i * C;
-            for (int64_t c = 0; c < C; c++) o[c] = v[c] * gate[c];
+        const int64_t n = C * HW, T = tile_of(C);
+        repeat_tile(gate, C, T, tile);
+        for (int64_t i = 0; i < n; i += T) {
+            const int64_t m = n - i < T ? n - i : T;
+            for (int64_t t = 0; t < m; t++) y[i + t] = x[i + t] * tile[t];
         }
     }
 }
@@ -161,7 +178,7 @@ static inline float sign_of(float x) { return (float)((x > 0.0f) - (x < 0.0f)); 
  * ReLU) or h (given p); nothing for p = inf (added at the maximiser afterwards). */
 static void dx_row(const Cfg *k, const float *restrict dy, const float *restrict x,
                    const float *restrict h, const float *restrict gate,
-                   const float *restrict coef, float *restrict dx) {
+                   const float *restrict coef, float *restrict dx, float *restrict tile) {
     const int64_t C = k->C, HW = k->HW;
     int mode = k->pmode;
     if (mode == P_ONE && k->after_relu) mode = P_GAP;
@@ -179,16 +196,21 @@ static void dx_row(const Cfg *k, const float *restrict dy, const float *restrict
             else for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q;
         }
     } else {
-        for (int64_t i = 0; i < HW; i++) {
-            const float *u = dy + i * C, *v = x + i * C;
-            float *o = dx + i * C;
-            if (mode == P_INF) for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c];
+        const int64_t n = C * HW, T = tile_of(C);
+        float *g = tile, *q = tile + T;
+        repeat_tile(gate, C, T, g);
+        repeat_tile(coef, C, T, q);
+        for (int64_t i = 0; i < n; i += T) {
+            const int64_t m = n - i < T ? n - i : T;
+            const float *u = dy + i, *v = x + i;
+            float *o = dx + i;
+            if (mode == P_INF) for (int64_t t = 0; t < m; t++) o[t] = g[t] * u[t];
             else if (mode == P_GIVEN) {
-                const float *w = h + i * C;
-                for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c] * w[c];
-            } else if (mode == P_TWO) for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c] * v[c];
-            else if (mode == P_ONE) for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c] * sign_of(v[c]);
-            else for (int64_t c = 0; c < C; c++) o[c] = gate[c] * u[c] + coef[c];
+                const float *w = h + i;
+                for (int64_t t = 0; t < m; t++) o[t] = g[t] * u[t] + q[t] * w[t];
+            } else if (mode == P_TWO) for (int64_t t = 0; t < m; t++) o[t] = g[t] * u[t] + q[t] * v[t];
+            else if (mode == P_ONE) for (int64_t t = 0; t < m; t++) o[t] = g[t] * u[t] + q[t] * sign_of(v[t]);
+            else for (int64_t t = 0; t < m; t++) o[t] = g[t] * u[t] + q[t];
         }
     }
 }
@@ -317,12 +339,12 @@ static void forward_rows(const Job *j) {
     for (int64_t b = j->b0; b < j->b1; b++) {
         float *e = j->stats + b * C, *gate = e + k->B * C, *dact = gate + k->B * C;
         if (k->pmode != P_GIVEN) {
-            embed_row(k, j->x + b * n, w, j->idx ? j->idx + b * C : NULL, (float *)(z + C));
+            embed_row(k, j->x + b * n, w, j->idx ? j->idx + b * C : NULL, j->tile);
             for (int64_t c = 0; c < C; c++) e[c] = (float)w[c];
         }
         gate_pre(k, e, j->alpha, j->gamma, j->beta, s, u, z);
         activate_row(k->act, C, z, gate, dact);
-        if (j->y) scale_row(k, j->x + b * n, gate, j->y + b * n);
+        if (j->y) scale_row(k, j->x + b * n, gate, j->y + b * n, j->tile);
     }
 }
 
@@ -330,13 +352,13 @@ static void backward_rows(const Job *j) {
     const Cfg *k = j->k;
     const int64_t C = k->C, HW = k->HW, n = C * HW;
     double *w = j->w, *s = w + C, *u = s + C, *z = u + C, *de = z + C;
-    float *coef = (float *)(de + C), *acc = coef + C;
+    float *coef = j->coef;
     for (int64_t b = j->b0; b < j->b1; b++) {
         const float *e = j->stats + b * C, *gate = e + k->B * C, *dact = gate + k->B * C;
         const float *x = j->x + b * n;
         const float *dy = j->dy + b * n;
         double q = gate_pre(k, e, j->alpha, j->gamma, j->beta, s, u, z);
-        dot_row(k, dy, x, w, acc);                      /* dL/dgate */
+        dot_row(k, dy, x, w, j->tile);                  /* dL/dgate */
         gate_backward(k, e, dact, j->alpha, j->gamma, q, s, u, w, de, j->part);
         if (!j->dx) continue;
         for (int64_t c = 0; c < C; c++) {           /* dL/dE -> the factor of t in dx */
@@ -347,7 +369,7 @@ static void backward_rows(const Job *j) {
             coef[c] = (float)f;
         }
         float *dx = j->dx + b * n;
-        dx_row(k, dy, x, j->h ? j->h + b * n : NULL, gate, coef, dx);
+        dx_row(k, dy, x, j->h ? j->h + b * n : NULL, gate, coef, dx, j->tile);
         if (k->pmode == P_INF) {
             for (int64_t c = 0; c < C; c++) {
                 int64_t at = k->channels_last ? j->idx[b * C + c] * C + c
@@ -371,7 +393,8 @@ static void *run_task(void *arg) {
 /* Splits the rows between k->threads threads (at most 64); for the backward, sums
  * the shares' parameter gradients into pgrad (3, C). Returns 0, or -1 if out of memory. */
 static int run_rows(const Job *job, int backward, float *pgrad) {
-    const int64_t B = job->k->B, C = job->k->C, per = 10 * C;
+    const int64_t B = job->k->B, C = job->k->C;
+    const int64_t per = 8 * C + (C + 2 * tile_of(C) + 1) / 2;  /* doubles per share */
     int64_t n = job->k->threads;
     if (n > B) n = B;
     if (n > 64) n = 64;
@@ -387,7 +410,9 @@ static int run_rows(const Job *job, int backward, float *pgrad) {
         tasks[i].job.b0 = B * i / n;
         tasks[i].job.b1 = B * (i + 1) / n;
         tasks[i].job.w = scratch + i * per;
-        tasks[i].job.part = scratch + i * per + 7 * C;
+        tasks[i].job.part = scratch + i * per + 5 * C;
+        tasks[i].job.coef = (float *)(scratch + i * per + 8 * C);
+        tasks[i].job.tile = tasks[i].job.coef + C;
     }
     for (int64_t i = 1; i < n; i++) {  /* the calling thread does the first share */
         if (pthread_create(&ids[i], NULL, run_task, &tasks[i]) != 0) break;
@@ -413,7 +438,8 @@ static int run_rows(const Job *job, int backward, float *pgrad) {
  * the caller). Returns 0, or -1 if out of memory. */
 int gct_forward(const Cfg *k, const float *x, const float *alpha, const float *gamma,
                 const float *beta, float *stats, int64_t *idx, float *y) {
-    Job job = {k, x, NULL, NULL, alpha, gamma, beta, y, NULL, stats, idx, NULL, 0, 0, NULL};
+    Job job = {k, x, NULL, NULL, alpha, gamma, beta, y, NULL, stats, idx, NULL, 0, 0, NULL,
+               NULL, NULL};
     return run_rows(&job, 0, NULL);
 }
 
@@ -423,6 +449,6 @@ int gct_backward(const Cfg *k, const float *dy, const float *x, const float *h,
                  const float *alpha, const float *gamma, const float *beta,
                  const float *stats, const int64_t *idx, float *dx, float *pgrad) {
     Job job = {k, x, dy, h, alpha, gamma, beta, NULL, dx, (float *)stats, (int64_t *)idx,
-               NULL, 0, 0, NULL};
+               NULL, 0, 0, NULL, NULL, NULL};
     return run_rows(&job, 1, pgrad);
 }
