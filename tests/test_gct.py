@@ -225,6 +225,51 @@ def test_kernel_threads_give_the_same_result(p, channels_last: bool):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [
+    (2, 48, 5, 3),      # channels_last tile of 288 values (48 does not divide 256), a part tile
+    (2, 300, 3, 2),     # more channels than a tile: the tile is one pixel
+    (1, 4, 80, 64),     # a row longer than one 64-tile block of float partial sums
+    (24, 16, 64, 64),   # 6 MiB tensors with 256 KiB rows: the backward prefetches dx
+], ids=["tile-288", "tile-C", "blocks", "prefetch"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("p", [1.0, 2.0, "gap"])
+def test_kernel_row_walks_against_float64(shape: tuple[int, ...], channels_last: bool, p):
+    """Each way the kernel walks a row (tiles, blocks, prefetching) matches the float64 truth."""
+    truth = make_gct("eager", shape[1], torch.float64, p=p, norm="l2")
+    fused = GCT(shape[1], p=p, norm="l2")
+    fused.load_state_dict(truth.state_dict())  # the same parameters, rounded to float32
+    x, dy = randn(*shape), randn(*shape, seed=3)
+    if channels_last:
+        x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    calls: list[Tensor] = []
+    with pytest.MonkeyPatch.context() as mp:
+        real = _gct_kernel.backward
+        mp.setattr(_gct_kernel, "backward", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+        got = outputs_and_grads(fused, x.float(), params_of(fused), dy.float())
+    assert len(calls) == 1 and calls[0].is_contiguous() != channels_last  # the kernel ran
+    want = outputs_and_grads(truth, x, params_of(truth), dy)
+    for g, w in zip(got, want, strict=True):
+        scale = w.abs().max().clamp(min=1).item()
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("beta", [-800.0, -40.0, 40.0, 800.0])
+def test_kernel_gate_saturates_cleanly(activation: str, beta: float):
+    """Deep in saturation the gate is 0 or 2 up to its true distance (e^-40 and less), and
+    exactly so once exp underflows; never inf or nan."""
+    m = make_gct("fused", 8, torch.float32, activation=activation)
+    with torch.no_grad():
+        m.beta.fill_(beta)
+    x, dy = randn(2, 8, 4, 4, dtype=torch.float32), randn(2, 8, 4, 4, dtype=torch.float32, seed=2)
+    y, dx, dalpha, dgamma, dbeta = outputs_and_grads(m, x, params_of(m), dy)
+    gate, atol = (0.0 if beta < 0 else 2.0), (0.0 if abs(beta) > 700 else 1e-12)
+    torch.testing.assert_close(y, x * gate, rtol=0, atol=atol)
+    torch.testing.assert_close(dx, dy * gate, rtol=0, atol=atol)
+    for grad in (dalpha, dgamma, dbeta):
+        torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0, atol=atol)
+
+
 @pytest.mark.parametrize("x_last, dy_last", [(True, False), (False, True)])
 def test_kernel_takes_a_gradient_in_another_layout(x_last: bool, dy_last: bool):
     m = make_gct("fused", 8, torch.float32)
