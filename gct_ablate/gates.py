@@ -166,7 +166,8 @@ def plot_gates(stats: Sequence[Sequence[dict[str, Any]]], title: str = "") -> Fi
     """Paper-style figure: gamma per layer (mean, band = channel spread pooled over seeds),
     and mean gate with its spread plus the near-identity fraction. One inner list per seed."""
     rows = pool_stats(stats)
-    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    fig = Figure(figsize=(8, 5.5))  # fixed margins: a constrained layout doubles the cost
+    fig.subplots_adjust(left=0.1, right=0.91, bottom=0.085, top=0.93, hspace=0.06)
     ax_g, ax_t = fig.subplots(2, 1, sharex=True)
     x = [r["index"] for r in rows]
 
