@@ -136,17 +136,28 @@ def applies(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor) -> bool:
     return library() is not None
 
 
+class _Plan(NamedTuple):
+    """What every call on one input shape and configuration needs (built once, cached)."""
+
+    cfg: _Cfg
+    given: bool  # E is computed by the caller, in torch (a p other than 1, 2, inf, gap)
+    inf: bool  # p = inf: argmax indices are kept
+    stats: tuple[int, int, int]  # (3, B, C)
+    pgrad: tuple[int, ...]  # (3, *parameter shape)
+    layout: torch.memory_format
+
+
 @functools.lru_cache(maxsize=256)
-def _cfg(shape: torch.Size, channels_last: bool, cfg: GCTConfig, threads: int) -> _Cfg:
+def _plan(shape: torch.Size, channels_last: bool, cfg: GCTConfig, threads: int,
+          param_shape: torch.Size) -> _Plan:
     b, c, h, w = shape
     threads = max(1, min(threads, b * c * h * w // _MIN_PER_THREAD))
     p = 0.0 if isinstance(cfg.p, str) or math.isinf(cfg.p) else float(cfg.p)
-    return _Cfg(b, c, h * w, channels_last, _PMODE.get(cfg.p, _P_GIVEN), bool(cfg.after_relu),
-                _NORM[cfg.norm], _ACT[cfg.activation], threads, p, cfg.eps)
-
-
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+    pmode = _PMODE.get(cfg.p, _P_GIVEN)
+    k = _Cfg(b, c, h * w, channels_last, pmode, bool(cfg.after_relu), _NORM[cfg.norm],
+             _ACT[cfg.activation], threads, p, cfg.eps)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return _Plan(k, pmode == _P_GIVEN, pmode == _P_INF, (3, b, c), (3, *param_shape), layout)
 
 
 def _given_embedding(x: Tensor, cfg: GCTConfig) -> Tensor:
@@ -160,17 +171,18 @@ def forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, cfg: GCTConfi
     """(y or None, stats, argmax indices for p = inf or None).
 
     ``stats`` is (3, B, C): the embedding E, the gate and its derivative; idx is (B, C).
+    Called once per GCT per step: kept lean (a cached plan, no per-call tuple building).
     """
-    channels_last = not x.is_contiguous()
-    k = _cfg(x.shape, channels_last, cfg, torch.get_num_threads())
-    b, c = x.shape[:2]
-    stats = torch.empty(3, b, c)
-    if k.pmode == _P_GIVEN:
+    plan = _plan(x.shape, not x.is_contiguous(), cfg, torch.get_num_threads(), alpha.shape)
+    stats = torch.empty(*plan.stats)  # (varargs: a third faster than a tuple)
+    if plan.given:
         stats[0] = _given_embedding(x, cfg)
-    idx = torch.empty(b, c, dtype=torch.int64) if k.pmode == _P_INF else None
+    idx = torch.empty(plan.stats[1:], dtype=torch.int64) if plan.inf else None
     y = torch.empty_like(x) if write_y else None  # x is dense: the same strides
-    rc = library().gct_forward(k, *map(_ptr, (x, alpha, gamma, beta, stats, idx, y)))
-    if rc:
+    if library().gct_forward(plan.cfg, x.data_ptr(), alpha.data_ptr(), gamma.data_ptr(),
+                             beta.data_ptr(), stats.data_ptr(),
+                             None if idx is None else idx.data_ptr(),
+                             None if y is None else y.data_ptr()):
         raise MemoryError("GCT kernel: out of memory")
     return y, stats, idx
 
@@ -179,20 +191,20 @@ def backward(dy: Tensor, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, 
              idx: Tensor | None, cfg: GCTConfig, need_dx: bool = True
              ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
     """(dx or None, dalpha, dgamma, dbeta), the parameter gradients shaped like alpha."""
-    channels_last = not x.is_contiguous()
-    k = _cfg(x.shape, channels_last, cfg, torch.get_num_threads())
+    plan = _plan(x.shape, not x.is_contiguous(), cfg, torch.get_num_threads(), alpha.shape)
     if dy.dtype != torch.float32:
         dy = dy.float()
     if dy.stride() != x.stride():  # the kernel reads both in the layout of x
-        dy = dy.contiguous(memory_format=torch.channels_last if channels_last
-                           else torch.contiguous_format)
+        dy = dy.contiguous(memory_format=plan.layout)
     h = None
-    if k.pmode == _P_GIVEN and need_dx:
+    if plan.given and need_dx:
         h = torch.copysign(x.abs().pow_(cfg.p - 1.0), x)
     dx = torch.empty_like(x) if need_dx else None
-    pgrad = torch.empty((3, *alpha.shape))
-    rc = library().gct_backward(k, *map(_ptr, (dy, x, h, alpha, gamma, beta, stats, idx, dx,
-                                               pgrad)))
-    if rc:
+    pgrad = torch.empty(*plan.pgrad)
+    if library().gct_backward(plan.cfg, dy.data_ptr(), x.data_ptr(),
+                              None if h is None else h.data_ptr(), alpha.data_ptr(),
+                              gamma.data_ptr(), beta.data_ptr(), stats.data_ptr(),
+                              None if idx is None else idx.data_ptr(),
+                              None if dx is None else dx.data_ptr(), pgrad.data_ptr()):
         raise MemoryError("GCT kernel: out of memory")
     return (dx, *pgrad.unbind(0))

@@ -216,7 +216,8 @@ def test_kernel_threads_give_the_same_result(p, channels_last: bool):
         torch.set_num_threads(1)
         one = outputs_and_grads(m, x, params_of(m), dy.float())
         torch.set_num_threads(4)
-        assert _gct_kernel._cfg(x.shape, channels_last, m.config, 4).threads == 4
+        plan = _gct_kernel._plan(x.shape, channels_last, m.config, 4, m.alpha.shape)
+        assert plan.cfg.threads == 4
         four = outputs_and_grads(m, x, params_of(m), dy.float())
     finally:
         torch.set_num_threads(threads)
@@ -226,11 +227,13 @@ def test_kernel_threads_give_the_same_result(p, channels_last: bool):
 
 
 @pytest.mark.parametrize("shape", [
+    (2, 12, 5, 3),      # NCHW: a group of 8 channels and 4 alone, 15 values (a part vector)
+    (3, 64, 5, 1),      # channels_last: a 256-value tile in registers, then a part tile
     (2, 48, 5, 3),      # channels_last tile of 288 values (48 does not divide 256), a part tile
     (2, 300, 3, 2),     # more channels than a tile: the tile is one pixel
     (1, 4, 80, 64),     # a row longer than one 64-tile block of float partial sums
     (24, 16, 64, 64),   # 6 MiB tensors with 256 KiB rows: the backward prefetches dx
-], ids=["tile-288", "tile-C", "blocks", "prefetch"])
+], ids=["group-12", "tile-256", "tile-288", "tile-C", "blocks", "prefetch"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("p", [1.0, 2.0, "gap"])
 def test_kernel_row_walks_against_float64(shape: tuple[int, ...], channels_last: bool, p):
