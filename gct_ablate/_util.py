@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import re
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 
 class UsageError(ValueError):
@@ -32,3 +37,42 @@ def tune_malloc() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
                 and libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+_pending: list[BaseException] = []
+
+
+def _raise(exc: BaseException) -> NoReturn:
+    _pending.append(exc)
+    raise exc
+
+
+@contextlib.contextmanager
+def stop_signals(on_term: Callable[[int], BaseException]) -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt and SIGTERM ``on_term(signum)``, and each is also kept
+    for :func:`raise_pending` until the block ends.
+
+    Python ignores an exception raised in a finalizer or a weakref callback (SQLAlchemy runs
+    some at garbage collection): a Ctrl-C that lands in one was lost, and the run went on to
+    its end. Long loops call :func:`raise_pending`. Main thread only (elsewhere: no change).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers: dict[int, Any] = {
+        signal.SIGINT: lambda signum, frame: _raise(KeyboardInterrupt()),
+        signal.SIGTERM: lambda signum, frame: _raise(on_term(signum)),
+    }
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _pending.clear()
+
+
+def raise_pending() -> None:
+    """Raise again a stop signal whose exception was swallowed (see :func:`stop_signals`)."""
+    if _pending:
+        raise _pending[-1]

@@ -21,8 +21,15 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from gct_ablate._util import tune_malloc
-from gct_ablate.study import Interrupted, WorkerOptions, load_study, open_storage, run_worker
+from gct_ablate._util import stop_signals, tune_malloc
+from gct_ablate.study import (
+    Interrupted,
+    WorkerOptions,
+    interrupted_by,
+    load_study,
+    open_storage,
+    run_worker,
+)
 
 
 def threads_per_worker(workers: int, threads: int | None) -> int:
@@ -148,15 +155,9 @@ def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console
     """
     threads = threads_per_worker(workers, opts.base.threads)
     opts = replace(opts, base=opts.base.replace(threads=threads))
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise Interrupted(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
     procs: list[Any] = []
     try:
-        with LiveDisplay(opts, epochs, workers, console):
+        with stop_signals(interrupted_by), LiveDisplay(opts, epochs, workers, console):
             ctx = mp.get_context("spawn")
             procs = [ctx.Process(target=_worker_main, args=(opts,), daemon=False)
                      for _ in range(workers - 1)]
@@ -172,8 +173,6 @@ def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console
     except BaseException:
         _stop(procs)
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     failed = [p.exitcode for p in procs if p.exitcode]
     if failed:
         console.print(f"[red]{len(failed)} worker process(es) stopped with an error "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import socket
 import threading
 import time
@@ -25,7 +24,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from gct_ablate._util import UsageError, mask_url
+from gct_ablate._util import UsageError, mask_url, raise_pending, stop_signals
 from gct_ablate.spec import Cell, StudySpec, TrialConfig, cell_id, parse_cell_id
 from gct_ablate.tracking import Tracker
 
@@ -375,17 +374,21 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     return pruners[name]()
 
 
-def _install_sigterm() -> None:
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(f"signal {signum}")
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+def interrupted_by(signum: int) -> Interrupted:
+    return Interrupted(f"signal {signum}")
 
 
 def run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | None = None) -> int:
-    """Pull and run cells until none are left; returns the number of trials run here."""
-    _install_sigterm()
+    """Pull and run cells until none are left; returns the number of trials run here.
+
+    Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`Interrupted`) fails the running trial,
+    re-queues it and propagates.
+    """
+    with stop_signals(interrupted_by):
+        return _run_worker(opts, on_event)
+
+
+def _run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | None) -> int:
     storage = open_storage(opts.storage, Path(opts.out_dir),
                            heartbeat_interval=opts.heartbeat_interval,
                            grace_period=opts.grace_period)
@@ -396,6 +399,7 @@ def run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | None
     tracker = Tracker(uri, artifact_root=Path(opts.out_dir) / "mlartifacts")
     ran = 0
     while opts.max_trials is None or ran < opts.max_trials:
+        raise_pending()
         reap_dead_trials(study)
         trial_id = _pop_waiting(study)
         if trial_id is None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gct_ablate import _gct_kernel
+from gct_ablate._util import raise_pending
 from gct_ablate.data import Dataset, load_dataset
 from gct_ablate.gct import GCT
 from gct_ablate.models import attention_modules, build_model, count_parameters
@@ -173,6 +174,7 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None
         for x, y in data.batches(
             "train", cfg.batch_size, shuffle=True, generator=generator, augment=True
         ):
+            raise_pending()  # a Ctrl-C that a finalizer swallowed
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast():

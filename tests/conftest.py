@@ -24,6 +24,9 @@ PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "po
 
 # Tiny trials: one epoch on digits, one thread, no weights logged.
 TINY = ["--set", "epochs=1", "--threads", "1", "--no-save-models"]
+# For tests that signal a run once one of its trials is seen running: trials of a few
+# seconds, so that the signal lands mid-trial (1-epoch trials can all end before it does).
+LONG_TRIALS = ["--set", "epochs=5"]
 
 
 def free_port() -> int:

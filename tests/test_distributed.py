@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import optuna
-from conftest import TINY, start_cli, stop, wait_for
+from conftest import LONG_TRIALS, TINY, start_cli, stop, wait_for
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
@@ -122,8 +122,9 @@ def test_sigkill_worker_mid_trial_is_redone_elsewhere(tmp_path, pg_url, mlflow_s
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     # --hostname: its own UTS namespace, so the pid check of this host cannot see it die
     victim = start_cli(["run", "--vary", "p", "--levels", "p=1,2", "--seeds", "1", *TINY,
-                        "--study", name, "--storage", pg_url, "--tracking-uri", mlflow_server,
-                        "--heartbeat", "1", "--workers", "1", "--out", str(tmp_path / "a")],
+                        *LONG_TRIALS, "--study", name, "--storage", pg_url,
+                        "--tracking-uri", mlflow_server, "--heartbeat", "1", "--workers", "1",
+                        "--out", str(tmp_path / "a")],
                        tmp_path, log_a, hostname="lost-machine")
     survivor = None
     try:

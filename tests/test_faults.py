@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY, run_cli, start_cli, stop, wait_for
+from conftest import LONG_TRIALS, TINY, run_cli, start_cli, stop, wait_for
 from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
@@ -153,7 +153,8 @@ def _stop_mid_trial(args: list[str], out: Path, sig: int, log: Path):
 def test_stopped_runs_resume_each_cell_once(tmp_path):
     """Ctrl-C, then SIGKILL, a single-worker `run` mid-trial; the same command again
     finishes the grid with every cell x seed complete exactly once."""
-    args = ["run", *GRID, *TINY, "--study", "killed", "--workers", "1", "--out", str(tmp_path)]
+    args = ["run", *GRID, *TINY, *LONG_TRIALS, "--study", "killed", "--workers", "1",
+            "--out", str(tmp_path)]
     stopped, _, code = _stop_mid_trial(args, tmp_path, signal.SIGINT, tmp_path / "int.log")
     assert code == 130  # Ctrl-C: the trial fails cleanly and goes back to the queue
     assert "run the same command again" in (tmp_path / "int.log").read_text()

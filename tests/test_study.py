@@ -1,7 +1,9 @@
 """The Optuna layer: grid enqueued once, exactly-once execution, resume, dead workers."""
 
+import signal
 import subprocess
 import sys
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -11,12 +13,14 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from rich.console import Console
 
-from gct_ablate._util import UsageError
+from gct_ablate._util import UsageError, raise_pending, stop_signals
 from gct_ablate.runner import run_workers
 from gct_ablate.spec import StudySpec, TrialConfig
 from gct_ablate.study import (
+    Interrupted,
     WorkerOptions,
     _pop_waiting,
+    interrupted_by,
     load_study,
     open_storage,
     prepare_study,
@@ -148,3 +152,28 @@ def test_failed_cells_wait_for_retry_failed(tmp_path):
     assert all(t.user_attrs["status_reason"].startswith("diverged") for t in failed)
     assert prepare_study(spec, storage, tracker).failed_left == 2
     assert prepare_study(spec, storage, tracker, retry_failed=True).enqueued == 2
+
+
+def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again(monkeypatch: pytest.MonkeyPatch):
+    """Python ignores exceptions raised in weakref callbacks (SQLAlchemy runs some at garbage
+    collection): a Ctrl-C landing there used to be lost and the run went on to its end."""
+    class Thing:
+        pass
+
+    def on_collect(ref: weakref.ref) -> None:
+        signal.raise_signal(signal.SIGINT)  # the handler runs here, inside the callback
+
+    ignored: list = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    with stop_signals(interrupted_by):
+        raise_pending()  # nothing pending yet
+        thing = Thing()
+        ref = weakref.ref(thing, on_collect)
+        del thing  # the callback runs; its KeyboardInterrupt goes to unraisablehook
+        assert ref() is None and [type(u.exc_value) for u in ignored] == [KeyboardInterrupt]
+        with pytest.raises(KeyboardInterrupt):
+            raise_pending()
+        with pytest.raises(Interrupted, match="signal 15"):
+            signal.raise_signal(signal.SIGTERM)
+    raise_pending()  # forgotten once the block ends
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
