@@ -457,9 +457,10 @@ static void gate_backward(const Cfg *k, const float *restrict e, const float *re
 }
 
 /* ---------------------------------------------------------------- row workers */
-/* stats, (4, B, C) then (B,): E, the gate, dgate/dz, the normalized u (the rows of STATS_U),
- * then the normalizer q of each row (at STATS_Q): the backward takes u and q from here
- * instead of recomputing them (that took 6 % of the backward at (128, 64, 8, 8)). */
+/* stats (5, B, C): E, the gate, dgate/dz, the normalized u (from STATS_U), and the
+ * normalizer q of row b at [4, b, 0] (STATS_Q + b C; the rest of that slab is unused: a
+ * (B,) tensor apart would cost an allocation more per call). The backward takes u and q
+ * from here instead of recomputing them (that took 6 % of it at (128, 64, 8, 8)). */
 #define STATS_U(k) (3 * (k)->B * (k)->C)
 #define STATS_Q(k) (4 * (k)->B * (k)->C)
 
@@ -476,7 +477,7 @@ static void forward_rows(const Job *j) {
         const double q = gate_pre(k, e, j->alpha, j->gamma, j->beta, s, u, z);
         float *uo = j->stats + STATS_U(k) + b * C;
         for (int64_t c = 0; c < C; c++) uo[c] = (float)u[c];
-        j->stats[STATS_Q(k) + b] = (float)q;
+        j->stats[STATS_Q(k) + b * C] = (float)q;
         activate_row(k->act, C, z, gate, dact);
         if (j->y) scale_row(k, j->x + b * n, gate, j->y + b * n, j->tile);
     }
@@ -494,7 +495,7 @@ static void backward_rows(const Job *j) {
         const float *x = j->x + b * n;
         const float *dy = j->dy + b * n;
         const float *u = j->stats + STATS_U(k) + b * C;
-        const double q = j->stats[STATS_Q(k) + b];
+        const double q = j->stats[STATS_Q(k) + b * C];
         dot_row(k, dy, x, w, j->tile,                   /* dL/dgate */
                 prefetch ? j->dx + b * n : NULL);
         gate_backward(k, e, dact, j->alpha, j->gamma, q, u, w, de, j->part);
