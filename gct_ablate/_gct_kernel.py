@@ -142,7 +142,7 @@ class _Plan(NamedTuple):
     cfg: _Cfg
     given: bool  # E is computed by the caller, in torch (a p other than 1, 2, inf, gap)
     inf: bool  # p = inf: argmax indices are kept
-    stats: tuple[int, int, int]  # (5, B, C)
+    stats: tuple[int, int, int]  # (3, B, C)
     pgrad: tuple[int, ...]  # (3, *parameter shape)
     layout: torch.memory_format
 
@@ -157,7 +157,7 @@ def _plan(shape: torch.Size, channels_last: bool, cfg: GCTConfig, threads: int,
     k = _Cfg(b, c, h * w, channels_last, pmode, bool(cfg.after_relu), _NORM[cfg.norm],
              _ACT[cfg.activation], threads, p, cfg.eps)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    return _Plan(k, pmode == _P_GIVEN, pmode == _P_INF, (5, b, c), (3, *param_shape), layout)
+    return _Plan(k, pmode == _P_GIVEN, pmode == _P_INF, (3, b, c), (3, *param_shape), layout)
 
 
 def _given_embedding(x: Tensor, cfg: GCTConfig) -> Tensor:
@@ -170,9 +170,8 @@ def forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, cfg: GCTConfi
             ) -> tuple[Tensor | None, Tensor, Tensor | None]:
     """(y or None, stats, argmax indices for p = inf or None).
 
-    ``stats`` is (5, B, C): the embedding E, the gate, its derivative, the normalized u and
-    the row's normalizer q at [4, :, 0] (for the kernel's backward). idx is (B, C).
-    Called once per GCT per step: kept lean (a cached plan, one allocation per tensor).
+    ``stats`` is (3, B, C): the embedding E, the gate and its derivative; idx is (B, C).
+    Called once per GCT per step: kept lean (a cached plan, no per-call tuple building).
     """
     plan = _plan(x.shape, not x.is_contiguous(), cfg, torch.get_num_threads(), alpha.shape)
     stats = torch.empty(*plan.stats)  # (varargs: a third faster than a tuple)
