@@ -40,6 +40,7 @@ def tune_malloc() -> bool:
 
 
 _pending: list[BaseException] = []
+_depth = [0]  # nested stop_signals blocks: the outermost one forgets the pending signal
 
 
 def _raise(exc: BaseException) -> NoReturn:
@@ -64,12 +65,15 @@ def stop_signals(on_term: Callable[[int], BaseException]) -> Iterator[None]:
         signal.SIGTERM: lambda signum, frame: _raise(on_term(signum)),
     }
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    _depth[0] += 1
     try:
         yield
     finally:
+        _depth[0] -= 1
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _pending.clear()
+        if not _depth[0]:
+            _pending.clear()
 
 
 def raise_pending() -> None:

@@ -175,5 +175,9 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again(monkeypatch: pytest.M
             raise_pending()
         with pytest.raises(Interrupted, match="signal 15"):
             signal.raise_signal(signal.SIGTERM)
-    raise_pending()  # forgotten once the block ends
+        with stop_signals(interrupted_by):  # a nested block (run_workers -> run_worker)
+            pass
+        with pytest.raises(Interrupted):  # still pending for the outer block
+            raise_pending()
+    raise_pending()  # forgotten once the outermost block ends
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
