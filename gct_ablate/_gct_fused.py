@@ -267,11 +267,19 @@ class _KernelGCTFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-        x, stats, idx = ctx.saved_tensors  # gradients of inputs that need none are dropped
-        return (*_gct_kernel.backward(dy, x, *ctx.params, stats, idx, ctx.cfg,
-                                      ctx.needs_input_grad[0]), None)
+        if torch.is_grad_enabled():  # create_graph=True: gradients that refuse a second pass
+            return _kernel_backward_once(ctx, dy)
+        return _kernel_backward(ctx, dy)  # (once_differentiable costs 4 us a call)
+
+
+def _kernel_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+    x, stats, idx = ctx.saved_tensors  # gradients of inputs that need none are dropped
+    return (*_gct_kernel.backward(dy, x, *ctx.params, stats, idx, ctx.cfg,
+                                  ctx.needs_input_grad[0]), None)
+
+
+_kernel_backward_once = torch.autograd.function.once_differentiable(_kernel_backward)
 
 
 class _GatedConvFunction(torch.autograd.Function):

@@ -188,6 +188,20 @@ def test_fused_path_is_used_and_saves_only_x(dtype: torch.dtype):
 
 
 # ------------------------------------------------------------------ compiled kernel
+def test_kernel_gct_refuses_a_second_derivative():
+    """create_graph=True gives gradients that raise on a second backward, never wrong ones."""
+    m = GCT(8, gamma_init="normal")
+    x = randn(2, 8, 4, 4, dtype=torch.float32).requires_grad_()
+    y = m(x)
+    assert type(y.grad_fn).__name__.startswith("_KernelGCTFunction")
+    dy = torch.ones_like(y, requires_grad=True)  # as from a graph built for double backward
+    (dx,) = torch.autograd.grad(y, x, dy, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        dx.sum().backward()
+    (plain,) = torch.autograd.grad(m(x), x, dy)
+    assert plain.grad_fn is None and torch.equal(plain, dx.detach())
+
+
 def test_kernel_is_built_and_used_for_float32_cpu(monkeypatch: pytest.MonkeyPatch):
     """This machine has a C compiler: float32 CPU input runs the kernel, float64 does not."""
     assert _gct_kernel.library() is not None, _gct_kernel.describe()
@@ -229,13 +243,16 @@ def test_kernel_threads_give_the_same_result(p, channels_last: bool):
 @pytest.mark.parametrize("shape", [
     (2, 12, 5, 3),      # NCHW: a group of 8 channels and 4 alone, 15 values (a part vector)
     (3, 64, 5, 1),      # channels_last: a 256-value tile in registers, then a part tile
+    (2, 16, 3, 5),      # channels_last: gate and coef held in 1 register (C = 16)
+    (2, 128, 2, 3),     # channels_last: gate and coef held in 8 registers (C = 128)
     (2, 48, 5, 3),      # channels_last tile of 288 values (48 does not divide 256), a part tile
     (2, 300, 3, 2),     # more channels than a tile: the tile is one pixel
     (1, 4, 80, 64),     # a row longer than one 64-tile block of float partial sums
     (24, 16, 64, 64),   # 6 MiB tensors with 256 KiB rows: the backward prefetches dx
-], ids=["group-12", "tile-256", "tile-288", "tile-C", "blocks", "prefetch"])
+], ids=["group-12", "tile-256", "held-16", "held-128", "tile-288", "tile-C", "blocks",
+        "prefetch"])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("p", [1.0, 2.0, "gap"])
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, math.inf, "gap"])
 def test_kernel_row_walks_against_float64(shape: tuple[int, ...], channels_last: bool, p):
     """Each way the kernel walks a row (tiles, blocks, prefetching) matches the float64 truth."""
     truth = make_gct("eager", shape[1], torch.float64, p=p, norm="l2")
