@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gct_ablate._util import tune_malloc  # noqa: F401  (re-exported)
+from gct_ablate._util import THP_ENV, tune_malloc  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,8 @@ def arg_parser(description: str, rounds: int) -> argparse.ArgumentParser:
 
 def setup(args: argparse.Namespace) -> None:
     """Apply --tune-malloc and --threads, and print the settings."""
-    print(f"glibc malloc tuned: {tune_malloc() if args.tune_malloc else 'no (--no-tune-malloc)'}")
+    print(f"glibc malloc tuned: {tune_malloc() if args.tune_malloc else 'no (--no-tune-malloc)'}; "
+          f"torch page-aligned allocation ({THP_ENV}): {os.environ.get(THP_ENV) == '1'}")
     set_threads(args.threads)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import re
 import signal
 import threading
@@ -37,6 +38,23 @@ def tune_malloc() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
                 and libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+THP_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
+def page_aligned_tensors() -> bool:
+    """Ask torch for page-aligned CPU buffers of 2 MiB and more, advised for huge pages.
+
+    Sets torch's ``THP_MEM_ALLOC_ENABLE=1`` unless the environment already sets it (``0``
+    turns it off). Torch reads it once, at its first allocation, so this is called before
+    torch is imported; spawned workers inherit it. Measured on the 2-core machine: the time
+    of one GCT at (128, 64, 8, 8) varies by a few percent from process to process instead
+    of by up to a third (where a buffer lands within its pages matters there); a ResNet-20
+    training step is the same within noise. True if on.
+    """
+    os.environ.setdefault(THP_ENV, "1")
+    return os.environ[THP_ENV] == "1"
 
 
 _pending: list[BaseException] = []

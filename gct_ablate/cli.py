@@ -12,9 +12,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from gct_ablate._util import UsageError, mask_url, tune_malloc
+from gct_ablate._util import UsageError, mask_url, page_aligned_tensors, tune_malloc
 from gct_ablate.factors import FACTORS, FactorError, parse_assignments, split_levels
 from gct_ablate.spec import SpecError, StudySpec, TrialConfig
+
+page_aligned_tensors()  # before any command imports torch; study workers inherit it
 
 app = typer.Typer(
     name="gct-ablate",
