@@ -124,13 +124,14 @@ def describe() -> str:
 
 
 def applies(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor) -> bool:
-    """True when the kernel can take this input: float32 CPU, NCHW or channels_last."""
-    if x.dtype != torch.float32 or x.is_cuda or x.dim() != 4 or not x.numel():
+    """True when the kernel can take this input: float32 CPU, NCHW or channels_last
+    (not CUDA, MPS or meta tensors: the kernel reads host memory through data_ptr)."""
+    if x.dtype != torch.float32 or not x.is_cpu or x.dim() != 4 or not x.numel():
         return False
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         return False
     for t in (alpha, gamma, beta):
-        if (t.dtype != torch.float32 or t.is_cuda or not t.is_contiguous()
+        if (t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous()
                 or t.numel() != x.shape[1]):
             return False
     return library() is not None

@@ -188,6 +188,16 @@ def test_fused_path_is_used_and_saves_only_x(dtype: torch.dtype):
 
 
 # ------------------------------------------------------------------ compiled kernel
+def test_meta_tensors_never_reach_the_kernel():
+    """Shape-only (meta) tensors take the torch path: the kernel would read address 0."""
+    m = GCT(8, gamma_init="normal").to("meta")
+    x = torch.empty(2, 8, 4, 4, device="meta", requires_grad=True)
+    assert not _gct_kernel.applies(x, m.alpha, m.gamma, m.beta)
+    y = m(x)
+    y.sum().backward()
+    assert y.shape == x.shape and y.is_meta and x.grad.shape == x.shape
+
+
 def test_kernel_gct_refuses_a_second_derivative():
     """create_graph=True gives gradients that raise on a second backward, never wrong ones."""
     m = GCT(8, gamma_init="normal")
