@@ -50,8 +50,8 @@ def page_aligned_tensors() -> bool:
     turns it off). Torch reads it once, at its first allocation, so this is called before
     torch is imported; spawned workers inherit it. Measured on the 2-core machine: the time
     of one GCT at (128, 64, 8, 8) varies by a few percent from process to process instead
-    of by up to a third (where a buffer lands within its pages matters there); a ResNet-20
-    training step is the same within noise. True if on.
+    of by up to a third (no huge pages were handed out there: what changed is the page
+    alignment); a ResNet-20 training step is the same within noise. True if on.
     """
     os.environ.setdefault(THP_ENV, "1")
     return os.environ[THP_ENV] == "1"
