@@ -131,7 +131,7 @@ def bench_options(rounds: int, shape: tuple[int, ...]) -> list[tuple[str, bool]]
     x, dy = _inputs(shape, False)
     params = _params(shape[1])
     checks = []
-    options = [dict(p=p) for p in (1.0, 1.5, 2.0, 3.0, math.inf, "gap")]
+    options = [dict(p=p) for p in (1.0, 1.5, 2.0, 3.0, 4.0, math.inf, "gap")]
     options += [dict(p=1.0, norm="l1", after_relu=True)]
     options += [dict(norm=n) for n in NORMS[1:]] + [dict(activation=a) for a in ACTIVATIONS[1:]]
     for opts in options:

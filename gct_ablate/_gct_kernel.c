@@ -13,7 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { P_GAP, P_INF, P_ONE, P_TWO, P_GIVEN };          /* P_GIVEN: E and h come from the caller */
+/* P_GIVEN: E and h come from the caller (a p other than 1, 2, 3, 4, inf or gap) */
+enum { P_GAP, P_INF, P_ONE, P_TWO, P_GIVEN, P_THREE, P_FOUR };
 enum { N_L2, N_L1, N_LAYER, N_NONE };
 enum { A_TANH, A_SIGMOID, A_SOFTSIGN, A_HARDTANH, A_ERF };
 
@@ -43,6 +44,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 
 static inline v8f load8(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
 static inline v8f abs8(v8f v) { return (v8f)((v8i)v & 0x7fffffff); }
+static inline v8f sq8(v8f v) { return v * v; }
 static inline float hsum8(v8f v) {
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
@@ -67,14 +69,20 @@ static inline float hsum8(v8f v) {
 #define ABS(i) (fabsf(v[i]))
 #define SQUARE(i) (v[i] * v[i])
 #define DOT(i) (v[i] * w[i])
+#define CUBE(i) (fabsf(v[i]) * v[i] * v[i])
+#define QUAD(i) ((v[i] * v[i]) * (v[i] * v[i]))
 #define VSUM(i) (load8(v + (i)))
 #define VABS(i) (abs8(load8(v + (i))))
 #define VSQUARE(i) (load8(v + (i)) * load8(v + (i)))
 #define VDOT(i) (load8(v + (i)) * load8(w + (i)))
+#define VCUBE(i) (abs8(load8(v + (i))) * sq8(load8(v + (i))))
+#define VQUAD(i) (sq8(sq8(load8(v + (i)))))
 DEFINE_REDUCE(reduce_sum, VSUM, SUM)
 DEFINE_REDUCE(reduce_abs, VABS, ABS)
 DEFINE_REDUCE(reduce_square, VSQUARE, SQUARE)
 DEFINE_REDUCE(reduce_dot, VDOT, DOT)
+DEFINE_REDUCE(reduce_cube, VCUBE, CUBE)
+DEFINE_REDUCE(reduce_quad, VQUAD, QUAD)
 
 /* Short channels (H*W <= BLOCK, NCHW) are reduced 8 at a time: each channel's lane sums
  * stay in a vector, and one transpose folds the 8 vectors into the 8 channel sums. Folding
@@ -122,6 +130,8 @@ DEFINE_REDUCE8(reduce8_sum, VSUM, SUM)
 DEFINE_REDUCE8(reduce8_abs, VABS, ABS)
 DEFINE_REDUCE8(reduce8_square, VSQUARE, SQUARE)
 DEFINE_REDUCE8(reduce8_dot, VDOT, DOT)
+DEFINE_REDUCE8(reduce8_cube, VCUBE, CUBE)
+DEFINE_REDUCE8(reduce8_quad, VQUAD, QUAD)
 
 /* The end of the channels that are reduced in groups of GROUP (the rest: one by one). */
 static int64_t grouped_upto(int64_t C, int64_t HW) {
@@ -159,6 +169,8 @@ static void repeat_tile(const float *v, int64_t C, int64_t T, float *restrict ti
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 static inline v16f load16(const float *p) { v16f v; memcpy(&v, p, sizeof v); return v; }
+static inline v16f abs16(v16f v) { return (v16f)((v16i)v & 0x7fffffff); }
+static inline v16f sq16(v16f v) { return v * v; }
 /* Adds a tile's sums, held in 16 registers, to out (C a multiple of 16 dividing TILE, or
  * TILE): register t holds channels 16 (t mod C/16) on, so the registers are folded in
  * halves down to C/16 of them, with constant indices (a memory round trip cost about 15 %
@@ -174,9 +186,11 @@ static inline void fold_tile(v16f *r, int64_t C, double *restrict out) {
             for (int j = 0; j < 16; j++) out[16 * t + j] += r[t][j];
 }
 #define VSUM16(i) (load16(v + (i)))
-#define VABS16(i) ((v16f)((v16i)load16(v + (i)) & 0x7fffffff))
+#define VABS16(i) (abs16(load16(v + (i))))
 #define VSQUARE16(i) (load16(v + (i)) * load16(v + (i)))
 #define VDOT16(i) (load16(v + (i)) * load16(w + (i)))
+#define VCUBE16(i) (abs16(load16(v + (i))) * sq16(load16(v + (i))))
+#define VQUAD16(i) (sq16(sq16(load16(v + (i)))))
 #define DEFINE_REDUCE_CL(name, term, vterm16)                                       \
     static void name(const float *restrict x, const float *restrict y, int64_t C,   \
                      int64_t HW, double *restrict out, float *restrict acc,         \
@@ -217,6 +231,8 @@ DEFINE_REDUCE_CL(reduce_sum_cl, SUM, VSUM16)
 DEFINE_REDUCE_CL(reduce_abs_cl, ABS, VABS16)
 DEFINE_REDUCE_CL(reduce_square_cl, SQUARE, VSQUARE16)
 DEFINE_REDUCE_CL(reduce_dot_cl, DOT, VDOT16)
+DEFINE_REDUCE_CL(reduce_cube_cl, CUBE, VCUBE16)
+DEFINE_REDUCE_CL(reduce_quad_cl, QUAD, VQUAD16)
 
 /* channels_last rows of C = 16 PER channels (PER = 1, 2, 4 or 8) written as
  * out = gate * a + coef * t(b), t by p mode as in dx_row below (P_INF: no second term; y is
@@ -241,6 +257,10 @@ static inline v16f sign16(v16f v) {
                 const v16f ga = g[j] * load16(a + at);                                         \
                 if (mode == P_TWO) store16(out + at, ga + q[j] * load16(b + at));              \
                 else if (mode == P_GIVEN) store16(out + at, ga + q[j] * load16(h + at));       \
+                else if (mode == P_THREE) store16(out + at, ga + q[j] * (load16(b + at)          \
+                                                  * abs16(load16(b + at))));                   \
+                else if (mode == P_FOUR) store16(out + at, ga + q[j] * (load16(b + at)           \
+                                                 * sq16(load16(b + at))));                     \
                 else if (mode == P_ONE) store16(out + at, ga + q[j] * sign16(load16(b + at))); \
                 else if (mode == P_GAP) store16(out + at, ga + q[j]);                          \
                 else store16(out + at, ga);                                                    \
@@ -286,19 +306,27 @@ static void embed_row(const Cfg *k, const float *x, double *e, int64_t *idx, flo
         for (int64_t c = 0; c < grouped; c += GROUP) {
             const float *v = x + c * HW;
             if (pm == P_TWO) reduce8_square(v, NULL, HW, e + c);
+            else if (pm == P_THREE) reduce8_cube(v, NULL, HW, e + c);
+            else if (pm == P_FOUR) reduce8_quad(v, NULL, HW, e + c);
             else if (abs_) reduce8_abs(v, NULL, HW, e + c);
             else reduce8_sum(v, NULL, HW, e + c);
         }
         for (int64_t c = grouped; c < C; c++) {
             const float *v = x + c * HW;
             e[c] = pm == P_TWO ? reduce_square(v, NULL, HW)
+                 : pm == P_THREE ? reduce_cube(v, NULL, HW)
+                 : pm == P_FOUR ? reduce_quad(v, NULL, HW)
                  : abs_ ? reduce_abs(v, NULL, HW) : reduce_sum(v, NULL, HW);
         }
     } else if (pm == P_TWO) reduce_square_cl(x, NULL, C, HW, e, acc, NULL);
+    else if (pm == P_THREE) reduce_cube_cl(x, NULL, C, HW, e, acc, NULL);
+    else if (pm == P_FOUR) reduce_quad_cl(x, NULL, C, HW, e, acc, NULL);
     else if (abs_) reduce_abs_cl(x, NULL, C, HW, e, acc, NULL);
     else reduce_sum_cl(x, NULL, C, HW, e, acc, NULL);
     for (int64_t c = 0; c < C; c++) {
         if (pm == P_TWO) e[c] = sqrt(e[c] + k->eps);
+        else if (pm == P_THREE) e[c] = cbrt(e[c] + k->eps);
+        else if (pm == P_FOUR) e[c] = sqrt(sqrt(e[c] + k->eps));
         else if (pm == P_GAP) e[c] /= (double)HW;
     }
 }
@@ -339,8 +367,9 @@ static void dot_row(const Cfg *k, const float *dy, const float *x, double *dot, 
 
 static inline float sign_of(float x) { return (float)((x > 0.0f) - (x < 0.0f)); }
 
-/* dx = gate * dy + coef * t, where t is x (p = 2), sign(x) (p = 1), 1 (gap, p = 1 after
- * ReLU) or h (given p); nothing for p = inf (added at the maximiser afterwards). */
+/* dx = gate * dy + coef * t, where t is x (p = 2), sign(x) (p = 1), x |x| (p = 3), x^3
+ * (p = 4), 1 (gap, p = 1 after ReLU) or h (given p); nothing for p = inf (added at the
+ * maximiser afterwards). */
 static void dx_row(const Cfg *k, const float *restrict dy, const float *restrict x,
                    const float *restrict h, const float *restrict gate,
                    const float *restrict coef, float *restrict dx, float *restrict tile) {
@@ -357,6 +386,10 @@ static void dx_row(const Cfg *k, const float *restrict dy, const float *restrict
                 const float *w = h + c * HW;
                 for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * w[i];
             } else if (mode == P_TWO) for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * v[i];
+            else if (mode == P_THREE)
+                for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * (v[i] * fabsf(v[i]));
+            else if (mode == P_FOUR)
+                for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * (v[i] * (v[i] * v[i]));
             else if (mode == P_ONE) for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q * sign_of(v[i]);
             else for (int64_t i = 0; i < HW; i++) o[i] = g * u[i] + q;
         }
@@ -374,6 +407,10 @@ static void dx_row(const Cfg *k, const float *restrict dy, const float *restrict
                 const float *w = h + i;
                 for (int64_t t = 0; t < m; t++) o[t] = g[t] * u[t] + q[t] * w[t];
             } else if (mode == P_TWO) for (int64_t t = 0; t < m; t++) o[t] = g[t] * u[t] + q[t] * v[t];
+            else if (mode == P_THREE)
+                for (int64_t t = 0; t < m; t++) o[t] = g[t] * u[t] + q[t] * (v[t] * fabsf(v[t]));
+            else if (mode == P_FOUR)
+                for (int64_t t = 0; t < m; t++) o[t] = g[t] * u[t] + q[t] * (v[t] * (v[t] * v[t]));
             else if (mode == P_ONE) for (int64_t t = 0; t < m; t++) o[t] = g[t] * u[t] + q[t] * sign_of(v[t]);
             else for (int64_t t = 0; t < m; t++) o[t] = g[t] * u[t] + q[t];
         }
@@ -540,7 +577,8 @@ static void backward_rows(const Job *j) {
             double f = de[c];
             if (k->pmode == P_TWO) f /= e[c];
             else if (k->pmode == P_GAP) f /= (double)HW;
-            else if (k->pmode == P_GIVEN) f *= pow(e[c], 1.0 - k->p);
+            else if (k->pmode == P_GIVEN || k->pmode == P_THREE || k->pmode == P_FOUR)
+                f *= pow(e[c], 1.0 - k->p);
             coef[c] = (float)f;
         }
         float *dx = j->dx + b * n;

@@ -8,8 +8,8 @@ or with ``GCT_ABLATE_KERNEL=eager``, :func:`library` is None and the fused GCT u
 eager torch path; :func:`describe` says which and why.
 
 It covers float32 CPU tensors in NCHW-contiguous or channels_last layout, every p, norm and
-activation: the embedding for p in {1, 2, inf, gap} is computed in C (any other p: by the
-caller, in torch, with ``h = sign(x) |x|^(p-1)`` for the backward).
+activation: the embedding for p in {1, 2, 3, 4, inf, gap} is computed in C (any other p: by
+the caller, in torch, with ``h = sign(x) |x|^(p-1)`` for the backward).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
          "-fassociative-math", "-fno-signed-zeros", "-fPIC", "-shared")
 LIBS = ("-lm", "-pthread")
 _P_INF, _P_GIVEN = 1, 4  # p modes of the C file; _P_GIVEN: E is computed by the caller
-_PMODE = {"gap": 0, math.inf: _P_INF, 1.0: 2, 2.0: 3}
+_PMODE = {"gap": 0, math.inf: _P_INF, 1.0: 2, 2.0: 3, 3.0: 5, 4.0: 6}
 _NORM = {"l2": 0, "l1": 1, "layer": 2, "none": 3}
 _ACT = {"tanh": 0, "sigmoid": 1, "softsign": 2, "hardtanh": 3, "erf": 4}
 _MIN_PER_THREAD = 1 << 15  # elements: below this a thread costs more than it saves
@@ -141,7 +141,7 @@ class _Plan(NamedTuple):
     """What every call on one input shape and configuration needs (built once, cached)."""
 
     cfg: _Cfg
-    given: bool  # E is computed by the caller, in torch (a p other than 1, 2, inf, gap)
+    given: bool  # E is computed by the caller, in torch (a p other than 1, 2, 3, 4, inf, gap)
     inf: bool  # p = inf: argmax indices are kept
     stats: tuple[int, int, int]  # (3, B, C)
     pgrad: tuple[int, ...]  # (3, *parameter shape)

@@ -29,7 +29,7 @@ from gct_ablate.gct import (
 )
 
 IMPLS = ("fused", "fused-torch", "fused-bn", "eager")
-PS = (1.0, 1.5, 2.0, 3.0, math.inf, "gap")
+PS = (1.0, 1.5, 2.0, 3.0, 4.0, math.inf, "gap")
 
 
 def no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,7 +262,7 @@ def test_kernel_threads_give_the_same_result(p, channels_last: bool):
 ], ids=["group-12", "tile-256", "held-16", "held-128", "tile-288", "tile-C", "blocks",
         "prefetch"])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, math.inf, "gap"])
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 4.0, 1.5, math.inf, "gap"])
 def test_kernel_row_walks_against_float64(shape: tuple[int, ...], channels_last: bool, p):
     """Each way the kernel walks a row (tiles, blocks, prefetching) matches the float64 truth."""
     truth = make_gct("eager", shape[1], torch.float64, p=p, norm="l2")
