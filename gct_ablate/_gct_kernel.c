@@ -284,21 +284,72 @@ static int held_row_cl(int mode, int64_t C, int64_t HW, const float *a, const fl
     }
 }
 
+/* p = inf: per channel, max |x| over the H*W pixels and the first pixel that holds it (as
+ * torch's max does), 16 lanes at a time: 16 pixels of a channel (NCHW) or 16 channels of a
+ * pixel (channels_last), each lane keeping its maximum and where it first saw it. A scalar
+ * walk, strided over channels_last, took twice the rest of the GCT's forward. */
+static inline v16f blend16(v16i take, v16f a, v16f b) {  /* take ? a : b, lane by lane */
+    return (v16f)(((v16i)a & take) | ((v16i)b & ~take));
+}
+static void max_abs_scalar(const float *x, int64_t HW, int64_t step, double *e, int64_t *idx) {
+    float m = -1.0f;
+    int64_t a = 0;
+    for (int64_t i = 0; i < HW; i++) {
+        const float t = fabsf(x[i * step]);
+        if (t > m) { m = t; a = i; }
+    }
+    *e = m;
+    *idx = a;
+}
+static void max_abs_row(const float *x, int64_t C, int64_t HW, int cl, double *e, int64_t *idx) {
+    const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const v16f none = (v16f){0.0f} - 1.0f;  /* below any |x|; NaN is never taken (as above) */
+    if (cl) {
+        int64_t c = 0;
+        for (; c + 16 <= C; c += 16) {          /* lanes: 16 channels of one pixel */
+            v16f m = none;
+            v16i at = {0};
+            for (int64_t i = 0; i < HW; i++) {
+                const v16f v = abs16(load16(x + i * C + c));
+                const v16i gt = v > m;
+                m = blend16(gt, v, m);
+                at = (gt & (int32_t)i) | (at & ~gt);
+            }
+            for (int j = 0; j < 16; j++) { e[c + j] = m[j]; idx[c + j] = at[j]; }
+        }
+        for (; c < C; c++) max_abs_scalar(x + c, HW, C, e + c, idx + c);
+        return;
+    }
+    for (int64_t c = 0; c < C; c++) {           /* lanes: 16 pixels of one channel */
+        const float *v = x + c * HW;
+        if (HW < 16) { max_abs_scalar(v, HW, 1, e + c, idx + c); continue; }
+        v16f m = none;
+        v16i at = lane;
+        int64_t i = 0;
+        for (; i + 16 <= HW; i += 16) {
+            const v16f t = abs16(load16(v + i));
+            const v16i gt = t > m;
+            m = blend16(gt, t, m);
+            at = ((lane + (int32_t)i) & gt) | (at & ~gt);
+        }
+        float best = m[0];
+        int64_t a = at[0];
+        for (int j = 1; j < 16; j++)            /* the first pixel among the lanes' maxima */
+            if (m[j] > best || (m[j] == best && at[j] < a)) { best = m[j]; a = at[j]; }
+        for (; i < HW; i++) {
+            const float t = fabsf(v[i]);
+            if (t > best) { best = t; a = i; }
+        }
+        e[c] = best;
+        idx[c] = a;
+    }
+}
+
 static void embed_row(const Cfg *k, const float *x, double *e, int64_t *idx, float *acc) {
     const int64_t C = k->C, HW = k->HW;
     const int pm = k->pmode, abs_ = pm == P_ONE && !k->after_relu;
     if (pm == P_INF) {
-        for (int64_t c = 0; c < C; c++) {
-            float m = -1.0f;
-            int64_t a = 0;
-            for (int64_t i = 0; i < HW; i++) {
-                const int64_t at = k->channels_last ? i * C + c : c * HW + i;
-                const float t = fabsf(x[at]);
-                if (t > m) { m = t; a = i; }
-            }
-            e[c] = m;
-            idx[c] = a;
-        }
+        max_abs_row(x, C, HW, k->channels_last, e, idx);
         return;
     }
     if (!k->channels_last) {

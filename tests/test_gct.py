@@ -283,6 +283,31 @@ def test_kernel_row_walks_against_float64(shape: tuple[int, ...], channels_last:
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_kernel_p_inf_takes_the_first_of_tied_maxima(channels_last: bool):
+    """p = inf routes dE to the first pixel holding max |x|, as torch's max(dim) does, across
+    the kernel's 16-lane walks (ties within a lane, across lanes, with the scalar tail)."""
+    x = randn(2, 20, 6, 7, dtype=torch.float32) * 0.1  # H*W = 42: two vectors and a tail
+    pairs = [(3, 7), (5, 21), (20, 40), (41, 0), (17, 2), (33, 16)]  # (first, second) in order
+    for c in range(20):
+        a, b = pairs[c % len(pairs)]
+        first, second = min(a, b), max(a, b)
+        x.view(2, 20, 42)[:, c, first] = 5.0
+        x.view(2, 20, 42)[:, c, second] = -5.0  # the same |x|, later
+    dy = randn(2, 20, 6, 7, dtype=torch.float32, seed=4)
+    if channels_last:
+        x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    m = make_gct("fused", 20, torch.float32, p=math.inf)
+    got = outputs_and_grads(m, x, params_of(m), dy)
+    with pytest.MonkeyPatch.context() as mp:
+        no_kernel(mp)
+        want = outputs_and_grads(m, x, params_of(m), dy)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    firsts = torch.tensor([min(pairs[c % len(pairs)]) for c in range(20)])
+    assert torch.equal(x.abs().flatten(2).max(dim=2).indices, firsts.expand(2, 20))
+
+
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
 @pytest.mark.parametrize("beta", [-800.0, -40.0, 40.0, 800.0])
 def test_kernel_gate_saturates_cleanly(activation: str, beta: float):
