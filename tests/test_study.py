@@ -91,6 +91,10 @@ def test_two_worker_processes_run_every_cell_exactly_once(tmp_path):
     history = client.get_metric_history(child.info.run_id, "val_loss")
     assert [m.step for m in history] == [1]  # once per epoch, not again with the final ones
     assert "params_total" in child.data.metrics and "seconds" in child.data.metrics
+    gates = {a.path for a in client.list_artifacts(child.info.run_id, "gates")}
+    assert gates == {"gates/gates.json", "gates/gates.png"}
+    png = Path(client.download_artifacts(child.info.run_id, "gates/gates.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_dead_workers_trial_is_requeued_and_finished_once(tmp_path):
