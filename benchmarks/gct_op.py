@@ -22,23 +22,13 @@ import torch
 from torch import Tensor
 
 from benchmarks._util import arg_parser, interleaved, ratio, setup, verdict
-from gct_ablate import _gct_fused
-from gct_ablate.gct import ACTIVATIONS, GCT, NORMS, gct_reference
+from gct_ablate.gct import ACTIVATIONS, GCT, NORMS, _fused, gct_reference, published_gct
 
 SHAPES = ((128, 16, 32, 32), (128, 64, 8, 8), (32, 256, 28, 28))
 SPEEDUP_TARGET = {SHAPES[0]: 2.0, SHAPES[1]: 1.5, SHAPES[2]: 2.0}
 FLOOR_TARGET = 1.5
 TOLERANCE = 1e-5
 MIN_SAMPLE = 0.02  # seconds per timed sample: a 1 ms call is repeated about 20 times
-
-
-def published_gct(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor,
-                  eps: float = 1e-5) -> Tensor:
-    """The official l2-mode forward (z-x-yang/GCT, PyTorch/GCT.py), line by line."""
-    embedding = (x.pow(2).sum((2, 3), keepdim=True) + eps).pow(0.5) * alpha
-    norm = gamma / (embedding.pow(2).mean(dim=1, keepdim=True) + eps).pow(0.5)
-    gate = 1.0 + torch.tanh(embedding * norm + beta)
-    return x * gate
 
 
 class _Floor(torch.autograd.Function):
@@ -104,7 +94,7 @@ def bench_shapes(rounds: int) -> list[tuple[str, bool]]:
         cfg = module.config
 
         def fused(x: Tensor, *p: Tensor, cfg: Any = cfg) -> Tensor:
-            return _gct_fused.gct(x, *p, cfg)
+            return _fused.gct(x, *p, cfg)
 
         cases = {
             "reference": _step(published_gct, x, params, dy),
@@ -139,7 +129,7 @@ def bench_options(rounds: int, shape: tuple[int, ...]) -> list[tuple[str, bool]]
         xin = x.relu() if opts.get("after_relu") else x
 
         def fused(x: Tensor, *p: Tensor, cfg: Any = cfg) -> Tensor:
-            return _gct_fused.gct(x, *p, cfg)
+            return _fused.gct(x, *p, cfg)
 
         def eager(x: Tensor, *p: Tensor, cfg: Any = cfg) -> Tensor:
             return gct_reference(x, *p, **cfg._asdict())

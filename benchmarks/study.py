@@ -12,7 +12,7 @@ Bookkeeping share. Each candidate runs under a thin timer (the private ``_timed`
 of this module, which then runs the gct-ablate CLI or the script unchanged; about 1 us per
 timed call). It times every call into Optuna's storage classes and into MLflow (the
 ``MlflowClient`` methods and the fluent ``mlflow.*`` functions), counting only the outermost
-call. For gct-ablate it also times each trial (``study.run_trial``: from popping the trial to
+call. For gct-ablate it also times each trial (``worker.run_trial``: from popping the trial to
 ``study.tell``) and the pure training inside it (``train_eval`` minus its per-epoch ``report``
 callback and its ``on_end`` artifacts hook), so:
 
@@ -153,10 +153,10 @@ def _instrument_stores(timings: Timings) -> None:
 
 def _instrument_gct_ablate(timings: Timings) -> None:
     """Spans: each trial, its ``train_eval``, the ``report`` callback and the ``on_end`` hook."""
-    import gct_ablate.study as study
     import gct_ablate.train as train
+    import gct_ablate.worker as worker
 
-    study.run_trial = timings.span(study.run_trial, "trial", trial=True)
+    worker.run_trial = timings.span(worker.run_trial, "trial", trial=True)
     original = train.train_eval
 
     def train_eval(cfg: Any, report: Any = None, *, on_end: Any = None) -> Any:

@@ -9,12 +9,10 @@ import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
-
-class UsageError(ValueError):
-    """Bad input or an unusable environment: reported as one line, exit code 2."""
-
+DEFAULT_OUT = Path("gct-ablate-runs")  # the local stores when no --out is given
 
 _PASSWORD = re.compile(r"(://[^:/@]+:)([^@]*)(@)")
 

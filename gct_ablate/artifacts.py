@@ -1,7 +1,7 @@
 """Read a study's trials back with their MLflow artifacts (config, weights, gate statistics).
 
 Each COMPLETE trial's MLflow run holds ``config.json`` (``dataclasses.asdict(TrialConfig)``),
-``gates/gates.json`` (:func:`gct_ablate.gates.gate_stats`) and, when saved,
+``gates/gates.json`` (:func:`gct_ablate.analysis.gates.gate_stats`) and, when saved,
 ``model/state_dict.pt``. The tracking URI comes from the study's ``tracking_uri`` attribute.
 """
 
@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gct_ablate._util import UsageError, mask_url
+from gct_ablate._util import mask_url
+from gct_ablate.errors import StudyNotFound, UsageError
 from gct_ablate.stats import StudyResults, TrialRecord
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -27,17 +28,15 @@ def looks_like_run_id(text: str) -> bool:
 
 def find_study(name: str, storage: str | None, out_dir: Path) -> StudyResults | None:
     """The study's results, or None when the storage has no study of that name."""
-    from gct_ablate.study import JOURNAL_NAME, open_storage
-    from gct_ablate.summary import SummaryError, load_results
+    from gct_ablate.storage import JOURNAL_NAME, open_storage
+    from gct_ablate.summary import load_results
 
     if storage is None and not (out_dir / JOURNAL_NAME).exists():
         return None
     try:
         return load_results(open_storage(storage, out_dir), name)
-    except SummaryError as err:
-        if str(err).startswith("no study"):
-            return None
-        raise UsageError(str(err)) from None
+    except StudyNotFound:
+        return None
 
 
 def load_study_results(name: str, storage: str | None, out_dir: Path) -> StudyResults:
@@ -45,7 +44,7 @@ def load_study_results(name: str, storage: str | None, out_dir: Path) -> StudyRe
     results = find_study(name, storage, out_dir)
     if results is None:
         where = storage or str(out_dir)
-        raise UsageError(f"no study named {name!r} in {where} (see --storage / --out)")
+        raise StudyNotFound(f"no study named {name!r} in {where} (see --storage / --out)")
     return results
 
 
@@ -130,9 +129,8 @@ class RunStore:
         """(model with its trained weights, TrialConfig, Dataset on device) of one run."""
         import torch
 
-        from gct_ablate.data import load_dataset
-        from gct_ablate.models import build_model
         from gct_ablate.spec import TrialConfig
+        from gct_ablate.train import build_trial
 
         raw = self.json(run_id, "config.json")
         if raw is None:
@@ -143,11 +141,7 @@ class RunStore:
         if weights is None:
             raise UsageError(f"MLflow run {run_id} has no model/state_dict.pt (trained with "
                              "save_model off?)")
-        data = load_dataset(cfg.dataset, data_dir=cfg.data_dir).to(device)
-        model = build_model(cfg.model, data.num_classes, data.in_channels,
-                            attention=cfg.attention, placement=cfg.placement,
-                            attention_options=cfg.attention_options(),
-                            small_input=data.image_size <= 64)
+        model, data = build_trial(cfg.replace(download=False), device)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
         model.load_state_dict(state)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gct_ablate.errors import DataError
 from gct_ablate.factors import DATASETS
 
 AUGMENTS = ("none", "crop", "crop-flip")
@@ -42,10 +43,6 @@ CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-
-
-class DataError(ValueError):
-    """Data that cannot be loaded (message is one line, naming the path)."""
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gct_ablate._util import UsageError
-
-
-class FactorError(UsageError):
-    """A factor name or level that the registry does not accept (message is one line)."""
+from gct_ablate.errors import FactorError
+from gct_ablate.gct._config import ACTIVATIONS, ATTENTION_KINDS, INITS, NORMS
+from gct_ablate.gct._config import parse_p as gct_parse_p
 
 
 @dataclass(frozen=True)
@@ -66,17 +64,11 @@ def _choice(name: str, allowed: Iterable[str]) -> Callable[[Any], str]:
 
 
 def parse_p(raw: Any) -> str:
-    """The embedding norm's p: a number >= 1, 'inf' (max |x|) or 'gap' (average pooling)."""
-    text = _text(raw).lower()
-    if text in ("gap", "inf"):
-        return text
+    """Canonical text of the embedding norm's p (validated by :func:`gct_ablate.gct.parse_p`)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise FactorError(f"invalid p {text!r}; p is a number >= 1, 'inf' or 'gap'") from None
-    if math.isnan(value) or value < 1:
-        raise FactorError(f"invalid p {text!r}; p must be >= 1 (or 'inf', 'gap')")
-    return format_value(value)
+        return format_value(gct_parse_p(_text(raw).lower()))
+    except ValueError as err:
+        raise FactorError(str(err)) from None
 
 
 def _number(name: str, kind: type, minimum: float, strict: bool) -> Callable[[Any], Any]:
@@ -131,11 +123,8 @@ def parse_placement(raw: Any) -> str:
     )
 
 
-ACTIVATIONS = ("tanh", "sigmoid", "softsign", "hardtanh", "erf")
-NORMS = ("l2", "l1", "layer", "none")
 REMOVALS = ("none", "alpha", "beta", "alpha+beta", "gamma-fixed")
-INITS = ("zeros", "ones", "normal")
-ATTENTIONS = ("gct", "se", "none")
+ATTENTIONS = ATTENTION_KINDS
 MODELS = ("resnet20", "resnet32", "resnet56", "resnet110", "resnet18", "resnet34", "resnet50")
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "fake")
 SCHEDULES = ("cosine", "step")

@@ -22,14 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gct_ablate._util import stop_signals, tune_malloc
-from gct_ablate.study import (
-    Interrupted,
-    WorkerOptions,
-    interrupted_by,
-    load_study,
-    open_storage,
-    run_worker,
-)
+from gct_ablate.storage import load_study, open_storage
+from gct_ablate.worker import Interrupted, WorkerOptions, interrupted_by, run_worker
 
 
 def threads_per_worker(workers: int, threads: int | None) -> int:
@@ -145,26 +139,30 @@ class LiveDisplay:
         self.console.print()
 
 
-def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console) -> None:
-    """Run ``workers`` workers to the end of the queue under a live display.
+def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console | None = None
+                ) -> list[int]:
+    """Run ``workers`` workers to the end of the queue, under a live display on ``console``.
 
     One worker runs in this process (already warm); the other N-1 are spawned processes
     (one ``import torch`` each), each worker with its share of the cores. Ctrl-C or
     SIGTERM stops them cleanly: their running trials are failed and re-queued, so the
-    same command resumes.
+    same command resumes. Returns the exit codes of spawned workers that failed.
     """
+    import torch
+
     threads = threads_per_worker(workers, opts.base.threads)
     opts = replace(opts, base=opts.base.replace(threads=threads))
     procs: list[Any] = []
+    display = (LiveDisplay(opts, epochs, workers, console) if console is not None
+               else contextlib.nullcontext())
+    previous = torch.get_num_threads()
     try:
-        with stop_signals(interrupted_by), LiveDisplay(opts, epochs, workers, console):
+        with stop_signals(interrupted_by), display:
             ctx = mp.get_context("spawn")
             procs = [ctx.Process(target=_worker_main, args=(opts,), daemon=False)
                      for _ in range(workers - 1)]
             for p in procs:  # the others start while this process, already warm, works
                 p.start()
-            import torch
-
             torch.set_num_threads(threads)
             tune_malloc()
             run_worker(opts)
@@ -173,10 +171,9 @@ def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console
     except BaseException:
         _stop(procs)
         raise
-    failed = [p.exitcode for p in procs if p.exitcode]
-    if failed:
-        console.print(f"[red]{len(failed)} worker process(es) stopped with an error "
-                      f"(exit {', '.join(map(str, failed))}); their trials were re-queued[/]")
+    finally:
+        torch.set_num_threads(previous)
+    return [p.exitcode for p in procs if p.exitcode]
 
 
 def _stop(procs: list[Any]) -> None:

@@ -25,8 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gct_ablate._util import UsageError
-from gct_ablate.factors import FACTORS, FactorError, canonical_level, get_factor, parse_level
+from gct_ablate.errors import FactorError, SpecError
+from gct_ablate.factors import (
+    FACTORS,
+    canonical_level,
+    get_factor,
+    parse_assignments,
+    parse_level,
+    split_levels,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,11 +41,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class SpecError(UsageError):
-    """A study description that cannot run (message is one line)."""
-
-
 METRICS = ("val_top1", "val_top5", "val_loss")
+OUTPUT_FORMATS = ("table", "markdown", "csv", "json")  # of a summary
 
 
 @dataclass(frozen=True)
@@ -296,3 +300,32 @@ def load_study_file(path: str | Path) -> StudySpec:
         )
     except SpecError as err:
         raise SpecError(f"{path}: {err}") from None
+
+
+def build_spec(
+    study_file: Path | None, vary: str | None, levels: list[str], set_: list[str],
+    seeds: int | None, study: str | None, metric: str | None, base: TrialConfig | None = None,
+) -> StudySpec:
+    """A study file (if any) overridden by command-line text: ``vary`` 'p,activation',
+    ``levels`` ['p=1,2,inf'], ``set_`` ['epochs=30,model=resnet56'] (see ``gct-ablate run``)."""
+    spec = load_study_file(study_file) if study_file else StudySpec()
+    vary_names = tuple(split_levels(vary)) if vary else None
+    lv: dict[str, tuple[str, ...]] = {}
+    for text in levels:
+        lv.update({k: tuple(v) for k, v in parse_assignments(text, "--levels").items()})
+    fixed: dict[str, str] = {}
+    for text in set_:
+        for k, v in parse_assignments(text, "--set").items():
+            if len(v) != 1:
+                raise SpecError(f"--set {k} takes one value, got {','.join(v)}")
+            fixed[k] = v[0]
+    if vary_names:
+        both = {get_factor(n).name for n in vary_names} & {get_factor(k).name for k in fixed}
+        if both:
+            raise SpecError(f"conflicting options: {', '.join(sorted(both))} is both in "
+                             "--vary and --set")
+        lv_only = {get_factor(k).name for k in lv} - {get_factor(n).name for n in vary_names}
+        if lv_only:
+            raise SpecError(f"--levels for {', '.join(sorted(lv_only))}, which is not in --vary")
+    return spec.with_overrides(vary=vary_names, levels=lv, fixed=fixed, seeds=seeds,
+                               name=study, metric=metric, base=base)

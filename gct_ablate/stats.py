@@ -197,6 +197,7 @@ class CellStats:
     verdict: str
     params_total: int | None
     params_attention: int | None
+    n_modules: int | None  # attention modules in the model
     seconds_mean: float | None
     pruned: int
     failed: int
@@ -308,6 +309,7 @@ def _cell_stats(cell: str, runs: list[TrialRecord], all_runs: list[TrialRecord],
         delta=None, p_value=None, p_holm=None, verdict=REFERENCE if cell == ref else "",
         params_total=_first_metric(runs + all_runs, "params_total"),
         params_attention=_first_metric(runs + all_runs, "params_attention"),
+        n_modules=_first_metric(runs + all_runs, "n_attention_modules"),
         seconds_mean=math.fsum(secs) / len(secs) if secs else None,
         pruned=states["PRUNED"], failed=states["FAIL"] + sum(
             r.state == "COMPLETE" and (r.value is None or not math.isfinite(r.value))

@@ -20,7 +20,8 @@ from rich.text import Text
 
 from gct_ablate import stats
 from gct_ablate._util import mask_url
-from gct_ablate.spec import SpecError, StudySpec, cell_id
+from gct_ablate.errors import SpecError, StudyNotFound, SummaryError
+from gct_ablate.spec import OUTPUT_FORMATS, StudySpec, cell_id
 from gct_ablate.stats import (
     CellStats,
     FactorStats,
@@ -42,11 +43,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-class SummaryError(ValueError):
-    """Results that cannot be loaded or rendered (message is one line)."""
-
-
-FORMATS = ("table", "markdown", "csv", "json")
+FORMATS = OUTPUT_FORMATS
 
 
 # ----------------------------------------------------------------------------- loading
@@ -72,7 +69,7 @@ def load_results(storage: Any, study_name: str) -> StudyResults:
         raise SummaryError(f"cannot open storage {shown}: {type(err).__name__}: {first}") from err
     if study_name not in names:
         existing = ", ".join(sorted(names)) or "none"
-        raise SummaryError(f"no study {study_name!r} in {shown}; existing studies: {existing}")
+        raise StudyNotFound(f"no study {study_name!r} in {shown}; existing studies: {existing}")
     study = optuna.load_study(study_name=study_name, storage=storage)
     attrs = study.user_attrs
     spec = attrs.get("spec")

@@ -15,7 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gct_ablate._util import UsageError, mask_url
+from gct_ablate._util import mask_url
+from gct_ablate.errors import UsageError
 
 PARENT_TAG = "mlflow.parentRunId"
 

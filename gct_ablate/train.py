@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gct_ablate import _gct_kernel
 from gct_ablate._util import raise_pending
 from gct_ablate.data import Dataset, load_dataset
-from gct_ablate.gct import GCT
+from gct_ablate.gct import GCT, _kernel
 from gct_ablate.models import attention_modules, build_model, count_parameters
 from gct_ablate.spec import TrialConfig
 
@@ -105,7 +104,19 @@ def gct_implementation(cfg: TrialConfig, device: torch.device) -> str:
         return "-"
     if device.type != "cpu" or amp_dtype(cfg, device) is not None:
         return "torch"
-    return "C kernel" if _gct_kernel.library() is not None else _gct_kernel.describe()
+    return "C kernel" if _kernel.library() is not None else _kernel.describe()
+
+
+def build_trial(cfg: TrialConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, Dataset]:
+    """The model (at its initial weights for the current RNG state) and the data of a trial,
+    both on ``device``."""
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download).to(device)
+    model = build_model(
+        cfg.model, data.num_classes, data.in_channels,
+        attention=cfg.attention, placement=cfg.placement,
+        attention_options=cfg.attention_options(), small_input=data.image_size <= 64,
+    ).to(device)
+    return model, data
 
 
 def train_eval(
@@ -135,12 +146,7 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download).to(device)
-    model = build_model(
-        cfg.model, data.num_classes, data.in_channels,
-        attention=cfg.attention, placement=cfg.placement,
-        attention_options=cfg.attention_options(), small_input=data.image_size <= 64,
-    ).to(device)
+    model, data = build_trial(cfg, device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from gct_ablate.cli import app
-from gct_ablate.study import open_storage
+from gct_ablate.storage import open_storage
 
 runner = CliRunner()
 TINY = ["--set", "epochs=1", "--threads", "1", "--workers", "1", "--no-save-models"]

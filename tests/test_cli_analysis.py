@@ -9,9 +9,9 @@ import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from gct_ablate.analysis.gates import gate_stats
 from gct_ablate.artifacts import RunStore, load_study_results
 from gct_ablate.cli import app
-from gct_ablate.gates import gate_stats
 from gct_ablate.train import evaluate
 
 runner = CliRunner()

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gct_ablate.data import DataError, Dataset, augment_batch, load_dataset
+from gct_ablate.data import Dataset, augment_batch, load_dataset
+from gct_ablate.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,15 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from gct_ablate.analysis.gates import (
+    NEAR,
+    gate_stats,
+    gates_table,
+    gct_sites,
+    plot_gates,
+    pool_stats,
+)
 from gct_ablate.data import Dataset
-from gct_ablate.gates import NEAR, gate_stats, gates_table, gct_sites, plot_gates, pool_stats
 from gct_ablate.gct import GCT
 from gct_ablate.models import build_model
 

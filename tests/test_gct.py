@@ -16,7 +16,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from gct_ablate import _gct_fused, _gct_kernel
 from gct_ablate.gct import (
     ACTIVATIONS,
     ATTENTION_KINDS,
@@ -24,8 +23,11 @@ from gct_ablate.gct import (
     NORMS,
     GatedConv,
     SqueezeExcite,
+    _fused,
+    _kernel,
     is_attention,
     make_attention,
+    published_gct,
 )
 
 IMPLS = ("fused", "fused-torch", "fused-bn", "eager")
@@ -34,7 +36,7 @@ PS = (1.0, 1.5, 2.0, 3.0, 4.0, math.inf, "gap")
 
 def no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fused functions without the compiled kernel: their torch passes."""
-    monkeypatch.setattr(_gct_kernel, "applies", lambda *tensors: False)
+    monkeypatch.setattr(_kernel, "applies", lambda *tensors: False)
 
 
 @pytest.fixture(params=IMPLS)
@@ -43,25 +45,10 @@ def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     if request.param in ("fused-torch", "fused-bn"):
         no_kernel(monkeypatch)
     if request.param == "fused-bn":  # one thread: the kernel parallelises even tiny inputs
-        monkeypatch.setattr(_gct_fused, "_BN_MIN_NUMEL", 0)
+        monkeypatch.setattr(_fused, "_BN_MIN_NUMEL", 0)
         torch.set_num_threads(1)
     yield request.param
     torch.set_num_threads(threads)
-
-
-# ------------------------------------------------------ oracle: GCT.md, transcribed
-def published_l2(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5
-                 ) -> Tensor:
-    embedding = (x.pow(2).sum((2, 3), keepdim=True) + eps).pow(0.5) * alpha
-    norm = gamma / (embedding.pow(2).mean(dim=1, keepdim=True) + eps).pow(0.5)
-    return x * (1.0 + torch.tanh(embedding * norm + beta))
-
-
-def published_l1(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, after_relu: bool,
-                 eps: float = 1e-5) -> Tensor:
-    embedding = (x if after_relu else x.abs()).sum((2, 3), keepdim=True) * alpha
-    norm = gamma / (embedding.abs().mean(dim=1, keepdim=True) + eps)
-    return x * (1.0 + torch.tanh(embedding * norm + beta))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -104,8 +91,8 @@ def test_parity_with_published_formulas(impl: str, dtype: torch.dtype, tol: floa
 
     def oracle(x):
         if mode == "l2":
-            return published_l2(x, *params_of(m))
-        return published_l1(x, *params_of(m), after_relu)
+            return published_gct(x, *params_of(m))
+        return published_gct(x, *params_of(m), mode="l1", after_relu=after_relu)
 
     got = outputs_and_grads(m, x, params_of(m), dy)
     want = outputs_and_grads(oracle, x, params_of(m), dy)
@@ -192,7 +179,7 @@ def test_meta_tensors_never_reach_the_kernel():
     """Shape-only (meta) tensors take the torch path: the kernel would read address 0."""
     m = GCT(8, gamma_init="normal").to("meta")
     x = torch.empty(2, 8, 4, 4, device="meta", requires_grad=True)
-    assert not _gct_kernel.applies(x, m.alpha, m.gamma, m.beta)
+    assert not _kernel.applies(x, m.alpha, m.gamma, m.beta)
     y = m(x)
     y.sum().backward()
     assert y.shape == x.shape and y.is_meta and x.grad.shape == x.shape
@@ -214,11 +201,11 @@ def test_kernel_gct_refuses_a_second_derivative():
 
 def test_kernel_is_built_and_used_for_float32_cpu(monkeypatch: pytest.MonkeyPatch):
     """This machine has a C compiler: float32 CPU input runs the kernel, float64 does not."""
-    assert _gct_kernel.library() is not None, _gct_kernel.describe()
-    assert _gct_kernel.describe().startswith("compiled C kernel")
+    assert _kernel.library() is not None, _kernel.describe()
+    assert _kernel.describe().startswith("compiled C kernel")
     calls: list[str] = []
-    real = _gct_kernel.forward
-    monkeypatch.setattr(_gct_kernel, "forward", lambda *a, **k: calls.append("k") or real(*a, **k))
+    real = _kernel.forward
+    monkeypatch.setattr(_kernel, "forward", lambda *a, **k: calls.append("k") or real(*a, **k))
     m = GCT(8, gamma_init="normal")
     m(randn(2, 8, 4, 4, dtype=torch.float32))
     assert calls == ["k"]
@@ -240,7 +227,7 @@ def test_kernel_threads_give_the_same_result(p, channels_last: bool):
         torch.set_num_threads(1)
         one = outputs_and_grads(m, x, params_of(m), dy.float())
         torch.set_num_threads(4)
-        plan = _gct_kernel._plan(x.shape, channels_last, m.config, 4, m.alpha.shape)
+        plan = _kernel._plan(x.shape, channels_last, m.config, 4, m.alpha.shape)
         assert plan.cfg.threads == 4
         four = outputs_and_grads(m, x, params_of(m), dy.float())
     finally:
@@ -273,8 +260,8 @@ def test_kernel_row_walks_against_float64(shape: tuple[int, ...], channels_last:
         x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
     calls: list[Tensor] = []
     with pytest.MonkeyPatch.context() as mp:
-        real = _gct_kernel.backward
-        mp.setattr(_gct_kernel, "backward", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+        real = _kernel.backward
+        mp.setattr(_kernel, "backward", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
         got = outputs_and_grads(fused, x.float(), params_of(fused), dy.float())
     assert len(calls) == 1 and calls[0].is_contiguous() != channels_last  # the kernel ran
     want = outputs_and_grads(truth, x, params_of(truth), dy)
@@ -349,37 +336,37 @@ def test_kernel_falls_back_to_torch(env: dict, reason: str, tmp_path,
     monkeypatch.setenv("GCT_ABLATE_CACHE", str(tmp_path))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    _gct_kernel._load.cache_clear()
+    _kernel._load.cache_clear()
     try:
-        assert _gct_kernel.library() is None
-        assert _gct_kernel.describe().startswith("eager torch") and reason in \
-            _gct_kernel.describe()
+        assert _kernel.library() is None
+        assert _kernel.describe().startswith("eager torch") and reason in \
+            _kernel.describe()
         m = make_gct("fused", 8, torch.float32)
         x = randn(2, 8, 4, 4, dtype=torch.float32)
         torch.testing.assert_close(m(x), make_gct("eager", 8, torch.float32)(x))
         assert list(tmp_path.iterdir()) == []  # no half-built library left behind
     finally:
-        _gct_kernel._load.cache_clear()
+        _kernel._load.cache_clear()
 
 
 def test_kernel_build_is_cached(tmp_path, monkeypatch: pytest.MonkeyPatch):
     """Built once into the cache folder; a later process (here: a cleared cache) reuses it."""
     monkeypatch.setenv("GCT_ABLATE_CACHE", str(tmp_path))
-    _gct_kernel._load.cache_clear()
+    _kernel._load.cache_clear()
     try:
-        assert _gct_kernel.library() is not None
+        assert _kernel.library() is not None
         built = list(tmp_path.glob("gct_kernel-*.so"))
         assert len(built) == 1
         stamp = built[0].stat().st_mtime_ns
-        _gct_kernel._load.cache_clear()
+        _kernel._load.cache_clear()
         def no_build(*args, **kwargs):
             raise AssertionError("rebuilt although a built library is cached")
 
-        monkeypatch.setattr(_gct_kernel.subprocess, "run", no_build)
-        assert _gct_kernel.library() is not None
+        monkeypatch.setattr(_kernel.subprocess, "run", no_build)
+        assert _kernel.library() is not None
         assert built[0].stat().st_mtime_ns == stamp
     finally:
-        _gct_kernel._load.cache_clear()
+        _kernel._load.cache_clear()
 
 
 # ---------------------------------------------------------------------- validation

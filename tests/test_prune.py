@@ -8,9 +8,8 @@ import re
 import pytest
 import torch
 
-from gct_ablate.gates import gate_stats, gct_sites
-from gct_ablate.models import build_model
-from gct_ablate.prune import (
+from gct_ablate.analysis.gates import gate_stats, gct_sites
+from gct_ablate.analysis.prune import (
     CurvePoint,
     max_removable,
     mean_curve,
@@ -20,6 +19,7 @@ from gct_ablate.prune import (
     prune_table,
     removal_order,
 )
+from gct_ablate.models import build_model
 from gct_ablate.spec import TrialConfig
 from gct_ablate.train import evaluate, train_eval
 

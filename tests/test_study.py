@@ -13,21 +13,16 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from rich.console import Console
 
-from gct_ablate._util import UsageError, raise_pending, stop_signals
+from gct_ablate._optuna import pop_waiting
+from gct_ablate._util import raise_pending, stop_signals
+from gct_ablate.errors import UsageError
+from gct_ablate.grid import prepare_study
+from gct_ablate.recovery import reap_dead_trials
 from gct_ablate.runner import run_workers
 from gct_ablate.spec import StudySpec, TrialConfig
-from gct_ablate.study import (
-    Interrupted,
-    WorkerOptions,
-    _pop_waiting,
-    interrupted_by,
-    load_study,
-    open_storage,
-    prepare_study,
-    reap_dead_trials,
-    run_worker,
-)
+from gct_ablate.storage import load_study, open_storage
 from gct_ablate.tracking import Tracker, default_tracking_uri
+from gct_ablate.worker import Interrupted, WorkerOptions, interrupted_by, run_worker
 
 BASE = TrialConfig(threads=1, save_model=False)
 
@@ -101,7 +96,7 @@ def test_a_dead_workers_trial_is_requeued_and_finished_once(tmp_path):
     spec = tiny_spec(seeds=1)
     storage, _, prepared = setup(tmp_path, spec)
     study = prepared.study
-    trial_id = _pop_waiting(study)
+    trial_id = pop_waiting(study)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     import socket
@@ -131,7 +126,7 @@ def test_an_owner_still_writing_its_attributes_is_not_reaped(tmp_path, alive: bo
 
     storage, _, prepared = setup(tmp_path, tiny_spec(seeds=1))
     study = prepared.study
-    trial_id = _pop_waiting(study)
+    trial_id = pop_waiting(study)
     if alive:
         pid = os.getpid()
     else:

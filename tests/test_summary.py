@@ -17,6 +17,7 @@ from rich.console import Console
 from scipy import stats as st
 
 from gct_ablate import stats
+from gct_ablate.errors import StudyNotFound
 from gct_ablate.summary import (
     StudyResults,
     Summary,
@@ -387,7 +388,7 @@ def test_load_results_missing_study_lists_names(tmp_path) -> None:
 
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "j.log")))
     optuna.create_study(study_name="other", storage=storage)
-    with pytest.raises(SummaryError, match="no study 'p_act' in .*existing studies: other"):
+    with pytest.raises(StudyNotFound, match="no study 'p_act' in .*existing studies: other"):
         load_results(storage, "p_act")
 
 

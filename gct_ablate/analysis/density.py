@@ -1,7 +1,7 @@
 """Placement density: the study metric against the number of GCT modules and their parameters.
 
-One point per cell (mean over seeds, 95% t interval from :func:`gct_ablate.stats.summarize`),
-placed at the cell's ``n_attention_modules`` and ``params_attention`` (trial metrics).
+One point per cell of a :class:`~gct_ablate.stats.Summary` (mean over seeds, 95% t
+interval), placed at the cell's number of attention modules and their parameters.
 Meant for studies whose varied factors include ``placement``.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from gct_ablate.stats import PERCENT_METRICS, StudyResults, summarize
+from gct_ablate.stats import PERCENT_METRICS, Summary
 
 
 @dataclass(frozen=True)
@@ -27,33 +27,28 @@ class DensityPoint:
     ci_high: float | None
 
 
-def applies(results: StudyResults) -> bool:
+def applies(summary: Summary) -> bool:
     """True when the study varies placement (the density trade-off is worth showing)."""
-    return "placement" in results.spec.get("vary", [])
+    return "placement" in summary.spec.get("vary", [])
 
 
-def density_points(results: StudyResults) -> list[DensityPoint]:
+def density_points(summary: Summary) -> list[DensityPoint]:
     """Per cell with complete runs: modules, parameters and the metric's mean and CI."""
-    modules: dict[str, int] = {}
-    for t in results.trials:
-        n = t.metrics.get("n_attention_modules")
-        if t.state == "COMPLETE" and isinstance(n, (int, float)):
-            modules.setdefault(t.cell, int(n))
-    return [DensityPoint(c.cell, modules.get(c.cell), c.params_total, c.params_attention, c.n,
+    return [DensityPoint(c.cell, c.n_modules, c.params_total, c.params_attention, c.n,
                          c.mean, c.ci_low, c.ci_high)
-            for c in summarize(results).cells if c.mean is not None]
+            for c in summary.cells if c.mean is not None]
 
 
-def _metric(results: StudyResults) -> tuple[str, float]:
-    metric = str(results.spec.get("metric", "val_top1"))
-    return (f"{metric} (%)", 100.0) if metric in PERCENT_METRICS else (metric, 1.0)
+def _metric(summary: Summary) -> tuple[str, float]:
+    return (f"{summary.metric} (%)", 100.0) if summary.metric in PERCENT_METRICS \
+        else (summary.metric, 1.0)
 
 
-def density_table(results: StudyResults, points: list[DensityPoint] | None = None) -> Table:
+def density_table(summary: Summary, points: list[DensityPoint] | None = None) -> Table:
     """Cells sorted by number of modules: modules, parameters, metric mean and 95% CI."""
-    label, scale = _metric(results)
-    points = density_points(results) if points is None else points
-    table = Table(title=f"{results.study_name}: accuracy vs GCT density")
+    label, scale = _metric(summary)
+    points = density_points(summary) if points is None else points
+    table = Table(title=f"{summary.study_name}: accuracy vs GCT density")
     for col in ("cell", "GCT modules", "params", "GCT params", "n", label, "95% CI"):
         table.add_column(col, justify="left" if col == "cell" else "right")
 
@@ -68,10 +63,10 @@ def density_table(results: StudyResults, points: list[DensityPoint] | None = Non
     return table
 
 
-def plot_density(results: StudyResults, points: list[DensityPoint] | None = None) -> Figure:
+def plot_density(summary: Summary, points: list[DensityPoint] | None = None) -> Figure:
     """Two panels: the metric vs GCT modules and vs GCT parameters, error bars = 95% CI."""
-    label, scale = _metric(results)
-    points = density_points(results) if points is None else points
+    label, scale = _metric(summary)
+    points = density_points(summary) if points is None else points
     fig = Figure(figsize=(9, 4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, key, xlabel in ((axes[0], "n_modules", "GCT modules"),
@@ -89,5 +84,5 @@ def plot_density(results: StudyResults, points: list[DensityPoint] | None = None
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(label)
     axes[1].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{results.study_name}: accuracy vs placement density (95% CI)", fontsize=10)
+    fig.suptitle(f"{summary.study_name}: accuracy vs placement density (95% CI)", fontsize=10)
     return fig

@@ -1,6 +1,6 @@
 """Fused GCT: custom autograd functions with an analytic backward (maths in ``gct.py``'s doc).
 
-Float32 CPU input runs the compiled kernel of ``_gct_kernel`` (one batch row at a time);
+Float32 CPU input runs the compiled kernel of ``_kernel`` (one batch row at a time);
 everything else (float64, half precision, CUDA, no C compiler) the torch passes below.
 Torch passes, forward: one float32 reduction pass over x for the embedding, (B, C)-sized
 gate maths, one broadcast multiply that writes the output. Saved for backward: x and
@@ -17,26 +17,17 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gct_ablate import _gct_kernel
+from gct_ablate.gct import _kernel
+from gct_ablate.gct._config import GCTConfig
 
 _NORMAL = 2.0 / math.sqrt(math.pi)
 _BN_MIN_NUMEL = 65536
-
-
-class GCTConfig(NamedTuple):
-    """The non-tensor options of one GCT (p is a float >= 1, ``math.inf`` or "gap")."""
-
-    p: float | str
-    norm: str
-    activation: str
-    after_relu: bool
-    eps: float
 
 
 # ------------------------------------------------------------------ full-size passes
@@ -208,14 +199,14 @@ def _forward(ctx: Any, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor,
     """(y = x * gate or None, gate, what backward needs); options go to ctx.
 
     Float32 CPU input in NCHW or channels_last layout runs the compiled kernel (one row at
-    a time, see ``_gct_kernel``); anything else (other dtypes, CUDA, no compiler) the torch
+    a time, see ``_kernel``); anything else (other dtypes, CUDA, no compiler) the torch
     passes of this module.
     """
     ctx.cfg = cfg
-    ctx.kernel = _gct_kernel.applies(x, alpha, gamma, beta)
+    ctx.kernel = _kernel.applies(x, alpha, gamma, beta)
     if ctx.kernel:  # parameters are leaves, not changed before backward: kept on ctx
         ctx.params = (alpha, gamma, beta)
-        y, stats, idx = _gct_kernel.forward(x, alpha, gamma, beta, cfg, write_y)
+        y, stats, idx = _kernel.forward(x, alpha, gamma, beta, cfg, write_y)
         return y, stats[1], (stats, idx)
     ctx.param_meta = [(t.shape, t.dtype) for t in (alpha, gamma, beta)]
     e, idx = _embedding(x, cfg)
@@ -228,7 +219,7 @@ def _backward(ctx: Any, dy: Tensor, x: Tensor, stats: list[Tensor]) -> list[Tens
     needs = ctx.needs_input_grad[:4]
     if ctx.kernel:  # the gradients come in the parameters' shape and dtype
         e_gate, idx = stats
-        grads = _gct_kernel.backward(dy, x, *ctx.params, e_gate, idx, ctx.cfg, needs[0])
+        grads = _kernel.backward(dy, x, *ctx.params, e_gate, idx, ctx.cfg, needs[0])
         return [g if need else None for g, need in zip(grads, needs, strict=True)]
     e, gate, idx, *cache = stats
     dx, dot = _dot_and_scale(dy, x, gate, scale=needs[0])
@@ -261,7 +252,7 @@ class _KernelGCTFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor,
                 cfg: GCTConfig) -> Tensor:
-        y, stats, idx = _gct_kernel.forward(x, alpha, gamma, beta, cfg)
+        y, stats, idx = _kernel.forward(x, alpha, gamma, beta, cfg)
         ctx.cfg, ctx.params = cfg, (alpha, gamma, beta)  # leaves, unchanged before backward
         ctx.save_for_backward(x, stats, idx)
         return y
@@ -275,7 +266,7 @@ class _KernelGCTFunction(torch.autograd.Function):
 
 def _kernel_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
     x, stats, idx = ctx.saved_tensors  # gradients of inputs that need none are dropped
-    return (*_gct_kernel.backward(dy, x, *ctx.params, stats, idx, ctx.cfg,
+    return (*_kernel.backward(dy, x, *ctx.params, stats, idx, ctx.cfg,
                                   ctx.needs_input_grad[0]), None)
 
 
@@ -309,7 +300,7 @@ class _GatedConvFunction(torch.autograd.Function):
 
 def gct(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, cfg: GCTConfig) -> Tensor:
     """Fused GCT of a (B, C, H, W) tensor (see the module doc)."""
-    if _gct_kernel.applies(x, alpha, gamma, beta):
+    if _kernel.applies(x, alpha, gamma, beta):
         return _KernelGCTFunction.apply(x, alpha, gamma, beta, cfg)
     return _GCTFunction.apply(x, alpha, gamma, beta, cfg)
 

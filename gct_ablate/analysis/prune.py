@@ -3,7 +3,7 @@
 Modules are removed (replaced by ``nn.Identity``) in order of a redundancy score, lowest
 first, and the model is re-evaluated on the validation set at each removal fraction:
 
-- ``gate``: mean ``|gate - 1|`` on validation data (:func:`gct_ablate.gates.gate_stats`);
+- ``gate``: mean ``|gate - 1|`` on validation data (:func:`gct_ablate.analysis.gates.gate_stats`);
 - ``gamma``: mean ``|gamma|`` over the module's channels;
 - ``random``: a seeded random order, the control.
 
@@ -26,8 +26,8 @@ from matplotlib.figure import Figure
 from rich.table import Table
 from torch import nn
 
+from gct_ablate.analysis.gates import gate_stats, gct_sites
 from gct_ablate.data import Dataset
-from gct_ablate.gates import gate_stats, gct_sites
 from gct_ablate.spec import TrialConfig
 from gct_ablate.train import evaluate, param_groups
 

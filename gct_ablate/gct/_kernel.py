@@ -1,4 +1,4 @@
-"""The compiled CPU kernel of the fused GCT (``_gct_kernel.c``), loaded through ctypes.
+"""The compiled CPU kernel of the fused GCT (``_kernel.c``), loaded through ctypes.
 
 The C file is built with the system C compiler (``$CC``, else ``cc``) on first use, into
 ``$GCT_ABLATE_CACHE`` (default ``~/.cache/gct_ablate``) under a name that hashes the
@@ -24,15 +24,14 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from gct_ablate._gct_fused import GCTConfig
+from gct_ablate.gct._config import GCTConfig
 
-SOURCE = Path(__file__).with_name("_gct_kernel.c")
+SOURCE = Path(__file__).with_name("_kernel.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
          "-fassociative-math", "-fno-signed-zeros", "-fPIC", "-shared")
 LIBS = ("-lm", "-pthread")

@@ -1,0 +1,55 @@
+"""The few places where the tool needs Optuna below its public API, in one module.
+
+A worker pops a WAITING trial by its id, fails a trial it does not own, and beats a
+trial's heartbeat: Optuna's public API has no call for these, so they go through the
+study's storage and the trials' ids (private attributes). If an Optuna release renames
+them, this is the file to change.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    return study._storage
+
+
+def trial_id(trial: FrozenTrial) -> int:
+    return trial._trial_id
+
+
+def get_trial(study: optuna.Study, trial_id: int) -> FrozenTrial:
+    return study._storage.get_trial(trial_id)
+
+
+def pop_waiting(study: optuna.Study) -> int | None:
+    """Atomically take a WAITING trial (WAITING -> RUNNING); its id, or None if none is left."""
+    storage = study._storage
+    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return t._trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def fail_running(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Mark a RUNNING trial FAIL with ``status_reason``; False when it was no longer running."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "status_reason", reason)
+        return bool(storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between heartbeats of an RDB storage with heartbeats on; None otherwise."""
+    return getattr(study._storage, "get_heartbeat_interval", lambda: None)()
+
+
+def record_heartbeat(study: optuna.Study, trial_id: int) -> None:
+    study._storage.record_heartbeat(trial_id)

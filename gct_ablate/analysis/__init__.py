@@ -1,0 +1,1 @@
+"""Analysis of trained studies: gate statistics, post-hoc pruning, placement density."""

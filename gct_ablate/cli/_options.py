@@ -1,0 +1,45 @@
+"""Option types shared by several commands (``Annotated`` aliases)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gct_ablate.factors import FACTORS
+from gct_ablate.spec import OUTPUT_FORMATS
+
+
+def levels_help(name: str) -> str:
+    f = FACTORS[name]
+    allowed = ", ".join(f.choices) if f.choices else ", ".join(f.levels)
+    return f"{f.help}. Levels: {allowed}. (paper/default: {f.reference})"
+
+
+def factor_option(name: str) -> Any:
+    return typer.Option(f"--{name.replace('_', '-')}", help=levels_help(name))
+
+
+Out = Annotated[Path, typer.Option("--out", help="Folder of the local stores (Optuna journal, "
+                                   "MLflow SQLite, artifacts).")]
+Storage = Annotated[str | None, typer.Option(
+    "--storage", help="Optuna storage URL (e.g. postgresql://user@host/db) or a *.journal "
+    "file. Default: OUT/optuna.journal.")]
+TrackingUri = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow tracking URI (e.g. http://host:5000). Default: "
+    "$MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db.")]
+Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N.")]
+Threads = Annotated[int | None, typer.Option(
+    min=1, help="torch threads per worker (default: cores / workers).")]
+DataDir = Annotated[str | None, typer.Option(help="Dataset folder (cifar10/100, imagefolder).")]
+Download = Annotated[bool, typer.Option(help="Allow downloading CIFAR into --data-dir.")]
+Fmt = Annotated[str, typer.Option("--format", help=", ".join(OUTPUT_FORMATS) + ".")]
+Heartbeat = Annotated[int, typer.Option(
+    min=1, help="RDB storages: heartbeat interval (s); a worker silent for 3x this is "
+    "declared dead and its trial re-queued.")]
+Output = Annotated[Path | None, typer.Option(
+    "--output", help="PNG path (default: OUT/NAME-WHAT.png; with several cells the cell is "
+    "added to the file name).")]
+CellOpt = Annotated[str | None, typer.Option(
+    "--cell", help="Only this cell, e.g. 'p=2 activation=tanh' (default: every cell).")]

@@ -1,0 +1,194 @@
+"""Study commands: ``run`` a grid, join it as a ``worker``, its ``status``, its ``summary``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gct_ablate._util import DEFAULT_OUT, mask_url
+from gct_ablate.cli._app import app, check_format, console, err_console, one_line_errors
+from gct_ablate.cli._options import (
+    DataDir,
+    Device,
+    Download,
+    Fmt,
+    Heartbeat,
+    Out,
+    Storage,
+    Threads,
+    TrackingUri,
+)
+from gct_ablate.spec import TrialConfig, build_spec
+
+
+@app.command()
+@one_line_errors
+def run(
+    study_file: Annotated[Path | None, typer.Argument(
+        help="A TOML study file (see studies/). Command-line options override it.")] = None,
+    vary: Annotated[str | None, typer.Option(
+        help="Factors to cross, comma-separated (e.g. p,activation). See `gct-ablate factors`.")]
+    = None,
+    levels: Annotated[list[str] | None, typer.Option(
+        help="Override levels, e.g. --levels p=1,2,inf (repeatable).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Hold factors fixed, e.g. --set epochs=30,model=resnet56 (repeatable).")]
+    = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Replicates per cell (default: 3).")]
+    = None,
+    study: Annotated[str | None, typer.Option(
+        help="Study name (default: derived from what varies, e.g. vary-p-activation).")] = None,
+    metric: Annotated[str | None, typer.Option(
+        help="val_top1 (default), val_top5 or val_loss.")] = None,
+    out: Out = DEFAULT_OUT,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Local worker processes sharing the storage (default: min(cores, 4)).")]
+    = None,
+    pruner: Annotated[str, typer.Option(help="none (compare complete runs), median, hyperband.")]
+    = "none",
+    retry_failed: Annotated[bool, typer.Option(help="Re-queue failed cells.")] = False,
+    save_models: Annotated[bool | None, typer.Option(
+        "--save-models/--no-save-models",
+        help="Log trained weights to MLflow (default: on below 5 M parameters).")] = None,
+    device: Device = "auto",
+    threads: Threads = None,
+    data_dir: DataDir = None,
+    download: Download = False,
+    heartbeat: Heartbeat = 10,
+    fmt: Fmt = "table",
+) -> None:
+    """Run an ablation grid (every cell x seed once), track it in MLflow, print the summary.
+
+    Re-running the same command resumes: finished cells are skipped.
+    """
+    base = TrialConfig(device=device, threads=threads, data_dir=data_dir, download=download,
+                       save_model=save_models)
+    spec = build_spec(study_file, vary, levels or [], set_ or [], seeds, study, metric, base)
+    check_format(fmt)
+    from gct_ablate.study import run_study
+    from gct_ablate.tracking import ui_command
+    from gct_ablate.worker import Interrupted
+
+    plans: list[Any] = []
+    try:
+        result = run_study(spec, out=out, storage=storage, tracking_uri=tracking_uri,
+                           workers=workers, pruner=pruner, retry_failed=retry_failed,
+                           heartbeat=heartbeat, console=console,
+                           on_plan=lambda plan: plans.append(_print_plan(plan)))
+    except (KeyboardInterrupt, Interrupted):
+        err_console.print("[yellow]Interrupted.[/] Running trials were re-queued; run the "
+                          "same command again to resume.")
+        raise typer.Exit(130) from None
+    _print_summary(result, fmt)
+    console.print(f"\nOpen the runs in MLflow:  [bold]{ui_command(plans[0].tracking_uri)}[/]")
+    console.print(f"Summary again later:     gct-ablate summary {spec.study_name}"
+                  + (f" --storage {mask_url(storage)}" if storage else f" --out {out}"))
+
+
+def _print_plan(plan: Any) -> Any:
+    console.print(
+        f"[bold]{plan.name}[/]: {plan.cells} cells x {plan.seeds} seeds = {plan.total} trials "
+        f"({plan.done} done, {plan.enqueued} queued now), {plan.workers} worker(s)\n"
+        f"  Optuna storage: {plan.storage}\n  MLflow tracking: {mask_url(plan.tracking_uri)}")
+    if plan.failed_left:
+        console.print(f"[yellow]{plan.failed_left} failed trial(s) left as they are; "
+                      "pass --retry-failed to run them again[/]")
+    return plan
+
+
+def _print_summary(result: Any, fmt: str) -> None:
+    from gct_ablate import summary as sm
+    from gct_ablate.analysis import density
+
+    sm.render(result, fmt, console)
+    if fmt == "table" and density.applies(result):
+        console.print(density.density_table(result))
+
+
+@app.command()
+@one_line_errors
+def worker(
+    study: Annotated[str, typer.Argument(help="Name of the study to join.")],
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+    out: Out = DEFAULT_OUT,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
+    device: Device = "auto",
+    threads: Threads = None,
+    data_dir: DataDir = None,
+    download: Download = False,
+    heartbeat: Heartbeat = 10,
+) -> None:
+    """Join a study (e.g. on PostgreSQL) and pull cells until none are left."""
+    from gct_ablate.study import join_study
+    from gct_ablate.worker import Interrupted
+
+    base = TrialConfig(device=device, threads=threads, data_dir=data_dir, download=download)
+    try:
+        failed = join_study(study, out=out, storage=storage, tracking_uri=tracking_uri,
+                            workers=workers, base=base, heartbeat=heartbeat, console=console)
+    except (KeyboardInterrupt, Interrupted):
+        err_console.print("[yellow]Interrupted.[/] The running trial was re-queued.")
+        raise typer.Exit(130) from None
+    if failed:
+        console.print(f"[red]{len(failed)} worker process(es) stopped with an error "
+                      f"(exit {', '.join(map(str, failed))}); their trials were re-queued[/]")
+    console.print("No cells left in the queue.")
+
+
+@app.command()
+@one_line_errors
+def status(
+    study: Annotated[str, typer.Argument(help="Name of the study.")],
+    storage: Storage = None,
+    out: Out = DEFAULT_OUT,
+) -> None:
+    """Progress of a (distributed) study: cells done/running/failed/waiting, per worker host."""
+    from rich.table import Table
+
+    from gct_ablate.study import study_progress
+
+    info = study_progress(study, out=out, storage=storage)
+    c = info["counts"]
+    console.print(f"[bold]{study}[/]: {info['total']} cell x seed trials: "
+                  f"[green]{c['complete']} done[/], [yellow]{c['running']} running[/], "
+                  f"{c['waiting']} waiting, [red]{c['fail']} failed[/], "
+                  f"[magenta]{c['pruned']} pruned[/]")
+    hosts: dict[str, list[Any]] = {}
+    for t in info["running"]:
+        hosts.setdefault(str(t.user_attrs.get("host", "?")), []).append(t)
+    if hosts:
+        table = Table(title="running now")
+        for col in ("host", "pid", "trial", "cell", "seed", "epoch", "started"):
+            table.add_column(col)
+        for host, trials in sorted(hosts.items()):
+            for t in trials:
+                table.add_row(host, str(t.user_attrs.get("pid", "?")), str(t.number),
+                              t.user_attrs["cell"] or "-", str(t.user_attrs["seed"]),
+                              str(len(t.intermediate_values)),
+                              t.datetime_start.strftime("%H:%M:%S") if t.datetime_start else "")
+        console.print(table)
+    for t in info["failed"][-5:]:
+        console.print(f"[red]failed[/] trial {t.number} ({t.user_attrs.get('cell', '-')}, "
+                      f"seed {t.user_attrs.get('seed', '-')}): "
+                      f"{t.user_attrs.get('status_reason', 'unknown')}", highlight=False)
+
+
+@app.command()
+@one_line_errors
+def summary(
+    study: Annotated[str | None, typer.Argument(
+        help="Name of the study (default: the only study in the storage).")] = None,
+    storage: Storage = None,
+    out: Out = DEFAULT_OUT,
+    fmt: Fmt = "table",
+) -> None:
+    """Summarise a study from stored results alone: per cell, per factor, verdicts."""
+    from gct_ablate.study import load_summary
+
+    check_format(fmt)
+    _print_summary(load_summary(study, out=out, storage=storage), fmt)

@@ -1,0 +1,116 @@
+"""Commands on single runs and the factor registry: ``factors``, ``train``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gct_ablate._util import tune_malloc
+from gct_ablate.cli._app import app, console, err_console, one_line_errors
+from gct_ablate.cli._options import DataDir, Device, Download, Threads, factor_option
+from gct_ablate.errors import UsageError
+from gct_ablate.factors import FACTORS
+from gct_ablate.spec import TrialConfig
+
+
+@app.command()
+def factors() -> None:
+    """List the ablation axes: name, default levels, the paper's reference, meaning."""
+    from rich.table import Table
+
+    table = Table(title="Ablation factors (use with --vary / --levels / --set)")
+    for col in ("factor", "default levels", "reference", "allowed", "meaning"):
+        table.add_column(col, overflow="fold")
+    for f in FACTORS.values():
+        allowed = ", ".join(f.choices) if f.choices else "see levels"
+        if f.name == "p":
+            allowed = "any number >= 1, inf, gap"
+        elif f.name == "placement":
+            allowed = "every-conv, block, after-block, none, stages=1+2, every=K"
+        elif f.choices is None and f.group == "training":
+            allowed = "number" if f.name not in ("beta_decay",) else "true, false"
+        table.add_row(f.name, ", ".join(f.levels), f.reference, allowed, f.help)
+    console.print(table)
+
+
+@app.command()
+@one_line_errors
+def train(
+    attention: Annotated[str, factor_option("attention")] = "gct",
+    p: Annotated[str, factor_option("p")] = "2",
+    norm: Annotated[str, factor_option("norm")] = "l2",
+    activation: Annotated[str, factor_option("activation")] = "tanh",
+    remove: Annotated[str, factor_option("remove")] = "none",
+    init: Annotated[str, factor_option("init")] = "zeros",
+    alpha_init: Annotated[str, factor_option("alpha_init")] = "ones",
+    after_relu: Annotated[bool, typer.Option(help=FACTORS["after_relu"].help)] = False,
+    placement: Annotated[str, factor_option("placement")] = "every-conv",
+    model: Annotated[str, factor_option("model")] = "resnet20",
+    dataset: Annotated[str, factor_option("dataset")] = "digits",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak SGD learning rate (nesterov, momentum 0.9).")]
+    = 0.1,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on beta).")] = 5e-4,
+    beta_decay: Annotated[bool, typer.Option(help="Also decay beta (official: no).")] = False,
+    schedule: Annotated[str, factor_option("schedule")] = "cosine",
+    warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 1,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same numbers on CPU).")] = 0,
+    device: Device = "auto",
+    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA), bf16, fp16, none.")] = "auto",
+    channels_last: Annotated[bool | None, typer.Option(
+        "--channels-last/--no-channels-last", help="Default: on for CUDA.")] = None,
+    threads: Threads = None,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    recompute: Annotated[bool, typer.Option(
+        help="Memory saver: GCT output recomputed in backward instead of stored.")] = False,
+    data_dir: DataDir = None,
+    download: Download = False,
+) -> None:
+    """Train one configuration and print its metrics (no Optuna, no MLflow)."""
+    cfg = TrialConfig(
+        attention=attention, p=p, norm=norm, activation=activation, remove=remove, init=init,
+        alpha_init=alpha_init, after_relu=after_relu, placement=placement, model=model,
+        dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, beta_decay=beta_decay, schedule=schedule,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, device=device,
+        amp=amp, channels_last=channels_last, threads=threads, compile=compile,
+        recompute=recompute, data_dir=data_dir, download=download,
+    )
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from gct_ablate.train import train_eval
+
+    tune_malloc()  # as the study workers do: no page faults on every large allocation
+    columns = (TextColumn("[bold]epoch {task.completed}/{task.total}"), BarColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("train", total=cfg.epochs, info="loading data and model")
+
+        def report(epoch: int, m: dict[str, float]) -> None:
+            bar.update(task, completed=epoch, info=f"loss {m['train_loss']:.3f}  "
+                       f"val top-1 {100 * m['val_top1']:.2f}%")
+
+        try:
+            metrics = train_eval(cfg, report)
+        except ValueError as err:  # bad model/placement combination and the like
+            raise UsageError(str(err)) from None
+    table = Table(title=f"{cfg.model} + {cfg.attention} ({cfg.placement}) on {cfg.dataset}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("status", "val_top1", "val_top5", "val_loss", "train_loss", "epochs_done",
+                "params_total", "params_attention", "n_attention_modules", "seconds", "device",
+                "gct_impl"):
+        value = metrics[key]
+        if key in ("val_top1", "val_top5"):
+            value = f"{100 * value:.2f} %"
+        elif isinstance(value, float):
+            value = f"{value:.4f}" if key != "seconds" else f"{value:.1f}"
+        table.add_row(key, str(value))
+    console.print(table)
+    if metrics["status"] != "ok":
+        err_console.print(f"[red]run {metrics['status']}[/]: the loss became NaN/inf")
+        raise typer.Exit(1)

@@ -1,0 +1,111 @@
+"""Trials whose worker died: found (heartbeat, or a dead process on this host), failed, redone.
+
+A worker labels each trial it runs with its host, pid and process start time; a RUNNING
+trial whose process is gone on this host, or whose heartbeat stopped (RDB storages), is
+failed, its MLflow run marked KILLED, and a copy of its cell x seed queued again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import warnings
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from gct_ablate import _optuna
+from gct_ablate.tracking import Tracker
+
+
+def _process_token(pid: int) -> str | None:
+    """'pid:start-time' of a live process (start time guards against pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f"{pid}:{f.read().rsplit(')', 1)[1].split()[19]}"
+    except FileNotFoundError:
+        return None
+    except OSError:  # no /proc: fall back to a signal-0 probe
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return f"{pid}:?"
+
+
+def owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "proc": _process_token(os.getpid()) or f"{os.getpid()}:?"}
+
+
+def _is_dead_here(trial: FrozenTrial) -> bool:
+    """Its worker ran on this host and its process is gone.
+
+    The owner writes host, pid, proc one by one (see :func:`owner`): without "proc" yet,
+    only a pid with no live process at all counts as dead, never a live one still writing.
+    """
+    attrs = trial.user_attrs
+    if attrs.get("host") != socket.gethostname() or "pid" not in attrs:
+        return False
+    token = _process_token(int(attrs["pid"]))
+    if "proc" not in attrs:
+        return token is None
+    return token != attrs["proc"]
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial, reason: str = "") -> None:
+    """Put a copy of a failed trial's cell x seed back in the queue."""
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={"cell": trial.user_attrs["cell"], "seed": trial.user_attrs["seed"],
+                    "retry_of": trial.number, "retry_reason": reason},
+        system_attrs={"fixed_params": trial.params},
+    ))
+
+
+def requeue_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna's heartbeat callback: the trial is already FAIL; redo its cell x seed."""
+    reason = "worker lost (no heartbeat)"
+    end_mlflow(study, trial, "KILLED", reason)
+    if "cell" in trial.user_attrs:
+        requeue(study, trial, reason)
+
+
+def reap_dead_trials(study: optuna.Study) -> int:
+    """Fail and re-queue RUNNING trials whose worker died (heartbeat or, here, process gone)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = f"worker died (pid {t.user_attrs.get('pid')})"
+        if _is_dead_here(t) and fail_and_requeue(study, t, reason):
+            n += 1
+    return n
+
+
+def fail_and_requeue(
+    study: optuna.Study, trial: FrozenTrial, reason: str, end_run: bool = True
+) -> bool:
+    """Fail a trial that is still RUNNING and queue its cell x seed again (False: not running).
+
+    ``end_run``: also mark its MLflow run KILLED (not when the tracking store is the problem:
+    each call would wait out MLflow's HTTP retries).
+    """
+    if trial.state != TrialState.RUNNING or not _optuna.fail_running(study, trial, reason):
+        return False
+    if end_run:
+        end_mlflow(study, trial, "KILLED", reason)
+    requeue(study, trial, reason)
+    return True
+
+
+def end_mlflow(study: optuna.Study, trial: FrozenTrial, status: str, reason: str) -> None:
+    run_id, uri = trial.user_attrs.get("mlflow_run_id"), study.user_attrs.get("tracking_uri")
+    if run_id and uri:
+        with contextlib.suppress(Exception):  # tracking is best effort for a dead trial
+            Tracker(uri).end_trial(run_id, status, reason)

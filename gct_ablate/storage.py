@@ -1,0 +1,90 @@
+"""Optuna storages: the local journal file by default, or an RDB URL shared by workers."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from gct_ablate._util import mask_url
+from gct_ablate.errors import StudyNotFound, UsageError
+from gct_ablate.recovery import requeue_stale
+
+JOURNAL_NAME = "optuna.journal"
+HEARTBEAT_INTERVAL = 10  # seconds, RDB storages only
+GRACE_PERIOD = 30  # a RUNNING trial without heartbeat for this long is failed and re-queued
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def storage_label(storage: str | None, out_dir: Path) -> str:
+    return mask_url(storage) if storage else str((out_dir / JOURNAL_NAME).resolve())
+
+
+def open_storage(
+    storage: str | None,
+    out_dir: Path,
+    *,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
+) -> optuna.storages.BaseStorage:
+    """The default journal file in ``out_dir``, a '*.journal' path, or an RDB URL.
+
+    RDB storages get heartbeats: a trial whose worker dies is failed after
+    ``grace_period`` seconds and re-queued. Unreachable storage: one-line UsageError.
+    """
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if storage is None or storage.endswith(".journal") or storage.startswith("journal:"):
+        path = out_dir / JOURNAL_NAME if storage is None else Path(storage.removeprefix("journal:"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as err:
+            raise UsageError(f"cannot use storage {path}: {err.strerror or err}") from None
+    try:
+        with warnings.catch_warnings():  # Optuna calls heartbeats experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                _driver_url(storage),
+                engine_kwargs={"pool_pre_ping": True, **_connect_timeout(storage)},
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=requeue_stale,
+            )
+    except Exception as err:  # sqlalchemy/driver errors differ per backend
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot open storage {mask_url(storage)}: {reason}") from None
+
+
+def _driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 if only it is installed."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _connect_timeout(url: str) -> dict[str, Any]:
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 5}}
+    if url.startswith("mysql"):
+        return {"connect_args": {"connect_timeout": 5}}
+    return {}
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(storage)]
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = ", ".join(study_names(storage)) or "none"
+        raise StudyNotFound(f"no study named {name!r} in this storage; existing: {names}"
+                            ) from None

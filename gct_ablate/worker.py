@@ -1,0 +1,252 @@
+"""A worker: pull WAITING trials from the study's queue and run each to a terminal state.
+
+Workers pop trials atomically (Optuna's own queue), so each cell x seed runs once however
+many workers share the storage. Ctrl-C or SIGTERM fails and re-queues the running trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from gct_ablate import _optuna
+from gct_ablate._util import mask_url, raise_pending, stop_signals
+from gct_ablate.errors import UsageError
+from gct_ablate.grid import distributions, spec_from_attrs
+from gct_ablate.recovery import fail_and_requeue, owner, reap_dead_trials, requeue
+from gct_ablate.spec import Cell, StudySpec, TrialConfig, cell_id, parse_cell_id
+from gct_ablate.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, load_study, open_storage
+from gct_ablate.tracking import Tracker
+
+POLL = 0.5  # seconds between queue polls while others still run
+
+
+class Interrupted(BaseException):
+    """Raised in a worker on SIGTERM, like KeyboardInterrupt on SIGINT."""
+
+
+@contextlib.contextmanager
+def _heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
+    interval = _optuna.heartbeat_interval(study)
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                _optuna.record_heartbeat(study, trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _should_wait(study: optuna.Study) -> bool:
+    """Others still run trials that may come back to the queue if their worker dies."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if _optuna.heartbeat_interval(study):
+        return bool(running)
+    here = socket.gethostname()
+    return any(t.user_attrs.get("host", here) == here for t in running)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What one worker process needs; picklable for spawned processes."""
+
+    study_name: str
+    storage: str | None
+    out_dir: str
+    base: TrialConfig
+    tracking_uri: str | None = None  # default: the one stored with the study
+    pruner: str = "none"
+    heartbeat_interval: int = HEARTBEAT_INTERVAL
+    grace_period: int = GRACE_PERIOD
+    max_trials: int | None = None  # stop after this many trials (tests, benchmarks)
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    pruners = {
+        "none": optuna.pruners.NopPruner,
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+        "hyperband": optuna.pruners.HyperbandPruner,
+    }
+    if name not in pruners:
+        raise UsageError(f"unknown pruner {name!r}; valid: {', '.join(pruners)}")
+    return pruners[name]()
+
+
+def interrupted_by(signum: int) -> Interrupted:
+    return Interrupted(f"signal {signum}")
+
+
+def run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | None = None) -> int:
+    """Pull and run cells until none are left; returns the number of trials run here.
+
+    Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`Interrupted`) fails the running trial,
+    re-queues it and propagates.
+    """
+    with stop_signals(interrupted_by):
+        return _run_worker(opts, on_event)
+
+
+def _run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | None) -> int:
+    storage = open_storage(opts.storage, Path(opts.out_dir),
+                           heartbeat_interval=opts.heartbeat_interval,
+                           grace_period=opts.grace_period)
+    study = load_study(storage, opts.study_name)
+    study.pruner = make_pruner(opts.pruner)
+    spec = spec_from_attrs(study.user_attrs, opts.base)
+    uri = opts.tracking_uri or study.user_attrs["tracking_uri"]
+    tracker = Tracker(uri, artifact_root=Path(opts.out_dir) / "mlartifacts")
+    ran = 0
+    while opts.max_trials is None or ran < opts.max_trials:
+        raise_pending()
+        reap_dead_trials(study)
+        trial_id = _optuna.pop_waiting(study)
+        if trial_id is None:
+            if _should_wait(study):
+                time.sleep(POLL)
+                continue
+            break
+        with _heartbeat(study, trial_id):  # from the pop on: a trial never beaten is never stale
+            try:
+                run_trial(study, trial_id, spec, tracker, on_event)
+            except (KeyboardInterrupt, Interrupted, Exception) as err:  # outside training
+                reason = (f"interrupted ({err or 'Ctrl-C'})" if not isinstance(err, Exception)
+                          else f"worker error: {type(err).__name__}: {err}"[:1000])
+                fail_and_requeue(study, _optuna.get_trial(study, trial_id), reason,
+                                 end_run=not _tracking_error(err))
+                if _tracking_error(err):
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                    raise UsageError(f"MLflow tracking at {mask_url(tracker.uri)} failed: "
+                                     f"{first}; the trial was re-queued, run again to "
+                                     "resume") from None
+                raise
+        ran += 1
+    return ran
+
+
+def _tracking_error(err: BaseException) -> bool:
+    """An error of the MLflow tracking store (down, refusing writes), not of the trial."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException)
+
+
+def run_trial(
+    study: optuna.Study,
+    trial_id: int,
+    spec: StudySpec,
+    tracker: Tracker,
+    on_event: Callable[[str, dict], None] | None = None,
+) -> None:
+    """Run one popped trial to a terminal state (COMPLETE, PRUNED or FAIL)."""
+    trial = optuna.Trial(study, trial_id)
+    for key, value in owner().items():
+        trial.set_user_attr(key, value)
+    cell: Cell = parse_cell_id(trial.user_attrs["cell"])
+    seed = int(trial.user_attrs["seed"])
+    for name, dist in distributions(spec).items():
+        trial.suggest_categorical(name, dist.choices)
+    cfg = spec.config(cell, seed)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    run_id = tracker.start_trial(
+        study.user_attrs["mlflow_experiment_id"], parent, cell=cell_id(cell), seed=seed,
+        trial_number=trial.number, params={**cfg.factor_levels(), "seed": seed},
+    )
+    trial.set_user_attr("mlflow_run_id", run_id)
+    if on_event:
+        on_event("start", {"number": trial.number, "cell": cell_id(cell), "seed": seed})
+
+    logged: dict[str, Any] = {}  # what the last report logged, and at which step
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        tracker.log_metrics(run_id, metrics, step=epoch)
+        logged.clear()
+        logged.update(metrics, _step=epoch)
+        trial.report(metrics[spec.metric], epoch)
+        if on_event:
+            on_event("epoch", {"number": trial.number, "epoch": epoch, **metrics})
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    def on_end(model: Any, data: Any, device: Any) -> None:
+        log_trial_artifacts(tracker, run_id, cfg, model, data, device)
+
+    from gct_ablate.train import train_eval
+
+    try:
+        metrics = train_eval(cfg, report, on_end=on_end)
+    except optuna.TrialPruned as err:
+        trial.set_user_attr("status_reason", str(err))
+        tracker.end_trial(run_id, "FINISHED", str(err))
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    except (KeyboardInterrupt, Interrupted) as err:
+        reason = f"interrupted ({err or 'Ctrl-C'})"
+        _fail(study, trial, tracker, run_id, reason, "KILLED")
+        requeue(study, _optuna.get_trial(study, trial_id), reason)
+        raise
+    except Exception as err:  # a broken trial must not stop the study
+        if _tracking_error(err):
+            raise  # not the trial's fault: run_worker re-queues it and stops
+        _fail(study, trial, tracker, run_id, f"{type(err).__name__}: {err}", "FAILED")
+        return
+    final = {k: v for k, v in metrics.items() if k != "status"}
+    step = metrics.get("epochs_done", 0)
+    seen = logged if logged.get("_step") == step else {}
+    tracker.log_metrics(run_id, {k: v for k, v in final.items() if seen.get(k) != v}, step=step)
+    trial.set_user_attr("metrics", final)
+    if metrics["status"] != "ok":
+        reason = f"{metrics['status']}: loss became NaN/inf after epoch {metrics['epochs_done']}"
+        _fail(study, trial, tracker, run_id, reason, "FAILED")
+        return
+    tracker.end_trial(run_id, "FINISHED")
+    study.tell(trial, metrics[spec.metric])
+
+
+def _fail(study, trial, tracker, run_id, reason: str, mlflow_status: str) -> None:
+    trial.set_user_attr("status_reason", reason)
+    with contextlib.suppress(Exception):
+        tracker.end_trial(run_id, mlflow_status, reason)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def log_trial_artifacts(
+    tracker: Tracker, run_id: str, cfg: TrialConfig, model: Any, data: Any, device: Any
+) -> None:
+    """config.json, gate statistics (JSON + PNG) and, for small models, the weights."""
+    from gct_ablate.models import count_parameters
+
+    tracker.log_json(run_id, dataclasses.asdict(cfg), "config.json")
+    if cfg.attention == "gct":
+        from gct_ablate.analysis.gates import gate_stats, plot_gates
+
+        stats = gate_stats(model, data, device)
+        tracker.log_json(run_id, stats, "gates/gates.json")
+        if stats:
+            figure = plot_gates([stats], title=f"{cfg.model} {cfg.placement}")
+            tracker.log_figure(run_id, figure, "gates/gates.png")
+    save = cfg.save_model if cfg.save_model is not None else count_parameters(model)[0] < 5_000_000
+    if save:
+        tracker.log_torch(run_id, {k: v.cpu() for k, v in model.state_dict().items()},
+                          "model/state_dict.pt")
