@@ -26,12 +26,8 @@ def distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
 
 
 def spec_from_attrs(attrs: dict[str, Any], base: TrialConfig | None = None) -> StudySpec:
-    d = attrs["spec"]
-    return StudySpec(
-        vary=tuple(d["vary"]), levels={k: tuple(v) for k, v in d["levels"].items()},
-        fixed=d["set"], seeds=d["seeds"], name=d["name"], question=d.get("question", ""),
-        metric=d["metric"], base=base or TrialConfig(),
-    )
+    """The spec a study was created with (its ``spec`` user attribute)."""
+    return StudySpec.from_dict(attrs["spec"], base)
 
 
 @dataclass

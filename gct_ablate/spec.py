@@ -214,6 +214,15 @@ class StudySpec:
                 "fixed": dict(sorted(self.fixed.items())), "metric": self.metric}
         return hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:16]
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base: TrialConfig | None = None) -> StudySpec:
+        """The spec back from :meth:`to_dict` (what a stored study keeps)."""
+        return cls(vary=tuple(d.get("vary", ())),
+                   levels={k: tuple(v) for k, v in d.get("levels", {}).items()},
+                   fixed=dict(d.get("set", {})), seeds=int(d.get("seeds", 3)),
+                   name=d.get("name"), question=d.get("question", ""),
+                   metric=d.get("metric", "val_top1"), base=base or TrialConfig())
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.study_name, "question": self.question, "vary": list(self.vary),
                 "levels": {k: list(v) for k, v in self.levels.items()},

@@ -17,7 +17,8 @@ from typing import Any
 
 from scipy import stats as _st
 
-from gct_ablate.spec import cell_id
+from gct_ablate.errors import SpecError
+from gct_ablate.spec import StudySpec, cell_id
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -297,6 +298,16 @@ def _first_metric(records: list[TrialRecord], key: str) -> int | None:
     return None
 
 
+def _grid(spec: dict[str, Any], vary: list[str], levels: dict[str, list[str]]) -> list[str]:
+    """The study's cells in grid order (as the spec lays them out; the full product of the
+    levels when a stored spec no longer validates)."""
+    try:
+        return [cell_id(c) for c in StudySpec.from_dict(spec).cells()]
+    except SpecError:
+        return [cell_id(c) for c in itertools.product(*[[(n, lv) for lv in levels[n]]
+                                                         for n in vary])]
+
+
 def _cell_stats(cell: str, runs: list[TrialRecord], all_runs: list[TrialRecord],
                 ref: str, in_grid: bool) -> CellStats:
     d = describe([r.value for r in runs if r.value is not None])
@@ -328,7 +339,7 @@ def summarize(results: StudyResults, alpha: float = ALPHA, importance: bool = Tr
     spec = results.spec
     vary = [str(n) for n in spec.get("vary", [])]
     levels = {n: [str(x) for x in spec.get("levels", {}).get(n, [])] for n in vary}
-    grid = [cell_id(c) for c in itertools.product(*[[(n, lv) for lv in levels[n]] for n in vary])]
+    grid = _grid(spec, vary, levels)
     runs, dupes, bad = _usable(results.trials)
     by_cell: dict[str, list[TrialRecord]] = defaultdict(list)
     all_by_cell: dict[str, list[TrialRecord]] = defaultdict(list)

@@ -106,9 +106,7 @@ def load_results(storage: Any, study_name: str) -> StudyResults:
 
 def _reference_from_spec(spec: dict[str, Any]) -> str:
     try:
-        return cell_id(StudySpec(vary=tuple(spec.get("vary", [])),
-                                 levels={k: tuple(v) for k, v in spec.get("levels", {}).items()},
-                                 fixed=dict(spec.get("set", {}))).reference_cell())
+        return cell_id(StudySpec.from_dict(spec).reference_cell())
     except SpecError:
         levels = spec.get("levels", {})
         return cell_id(tuple((n, str(levels[n][0])) for n in spec.get("vary", [])))
