@@ -53,3 +53,18 @@ def heartbeat_interval(study: optuna.Study) -> int | None:
 
 def record_heartbeat(study: optuna.Study, trial_id: int) -> None:
     study._storage.record_heartbeat(trial_id)
+
+
+def journal_path(storage: optuna.storages.BaseStorage) -> str | None:
+    """The file of a journal storage on a local file (None for other storages)."""
+    backend = getattr(storage, "_backend", None)
+    return getattr(backend, "_file_path", None) if isinstance(
+        storage, optuna.storages.JournalStorage) else None
+
+
+def rdb_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
+    """The RDB storage itself, also when a study wraps it in Optuna's cache layer."""
+    if isinstance(storage, optuna.storages.RDBStorage):
+        return storage
+    inner = getattr(storage, "_backend", None)
+    return inner if isinstance(inner, optuna.storages.RDBStorage) else None

@@ -27,7 +27,7 @@ def tune_malloc() -> bool:
 
     With glibc's defaults, tensors of a few MiB are returned to the OS when freed and the
     next allocation faults its pages in again, which can cost more than the kernel that
-    fills them. True if applied (glibc only). Measured: about 2 % of a digits trial.
+    fills them. True if applied (glibc only); the gain is measured in benchmarks/README.md.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -46,10 +46,8 @@ def page_aligned_tensors() -> bool:
 
     Sets torch's ``THP_MEM_ALLOC_ENABLE=1`` unless the environment already sets it (``0``
     turns it off). Torch reads it once, at its first allocation, so this is called before
-    torch is imported; spawned workers inherit it. Measured on the 2-core machine: the time
-    of one GCT at (128, 64, 8, 8) varies by a few percent from process to process instead
-    of by up to a third (no huge pages were handed out there: what changed is the page
-    alignment); a ResNet-20 training step is the same within noise. True if on.
+    torch is imported; spawned workers inherit it. It steadies the timing of small GCT calls
+    from process to process (benchmarks/README.md). True if on.
     """
     os.environ.setdefault(THP_ENV, "1")
     return os.environ[THP_ENV] == "1"

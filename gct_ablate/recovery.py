@@ -17,7 +17,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from gct_ablate import _optuna
+from gct_ablate.locks import study_lock
 from gct_ablate.tracking import Tracker
+
+LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
 
 
 def _process_token(pid: int) -> str | None:
@@ -57,14 +60,21 @@ def _is_dead_here(trial: FrozenTrial) -> bool:
     return token != attrs["proc"]
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial, reason: str = "") -> None:
-    """Put a copy of a failed trial's cell x seed back in the queue."""
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs={"cell": trial.user_attrs["cell"], "seed": trial.user_attrs["seed"],
-                    "retry_of": trial.number, "retry_reason": reason},
-        system_attrs={"fixed_params": trial.params},
-    ))
+def requeue(study: optuna.Study, trial: FrozenTrial, reason: str = "") -> bool:
+    """Put a copy of a failed trial's cell x seed back in the queue, unless that cell x seed
+    already has a live trial (queued, running or finished); True if queued."""
+    cell, seed = trial.user_attrs["cell"], trial.user_attrs["seed"]
+    with study_lock(study):
+        for t in study.get_trials(deepcopy=False, states=LIVE):
+            if t.user_attrs.get("cell") == cell and t.user_attrs.get("seed") == seed:
+                return False
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={"cell": cell, "seed": seed, "retry_of": trial.number,
+                        "retry_reason": reason},
+            system_attrs={"fixed_params": trial.params},
+        ))
+    return True
 
 
 def requeue_stale(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -109,3 +119,29 @@ def end_mlflow(study: optuna.Study, trial: FrozenTrial, status: str, reason: str
     if run_id and uri:
         with contextlib.suppress(Exception):  # tracking is best effort for a dead trial
             Tracker(uri).end_trial(run_id, status, reason)
+
+
+def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> int:
+    """Mark KILLED the study's trial runs left RUNNING in MLflow by a worker that died between
+    creating its run and storing the run id on its trial; the number closed.
+
+    An orphan is a RUNNING trial run that no trial points to, whose trial (by its
+    ``optuna_trial_number`` tag) is no longer running. The trial itself is failed and
+    re-queued by :func:`reap_dead_trials`; its re-run gets its own MLflow run.
+    """
+    experiment = study.user_attrs.get("mlflow_experiment_id")
+    if not experiment:
+        return 0
+    runs = tracker.running_trial_runs(experiment)  # before the trials: a run listed here was
+    trials = study.get_trials(deepcopy=False)  # made after its trial was popped (RUNNING)
+    running = {t.number for t in trials if t.state == TrialState.RUNNING}
+    known = {t.user_attrs.get("mlflow_run_id") for t in trials}
+    closed = 0
+    for run in runs:
+        number = run.data.tags.get("optuna_trial_number", "")
+        if run.info.run_id in known or (number.isdigit() and int(number) in running):
+            continue
+        tracker.end_trial(run.info.run_id, "KILLED",
+                          "orphan: its worker died before the trial stored this run")
+        closed += 1
+    return closed

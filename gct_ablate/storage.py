@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import optuna
 
 from gct_ablate._util import mask_url
 from gct_ablate.errors import StudyNotFound, UsageError
+from gct_ablate.locks import database_lock, driver_url
 from gct_ablate.recovery import requeue_stale
 
 JOURNAL_NAME = "optuna.journal"
@@ -44,29 +46,36 @@ def open_storage(
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as err:
             raise UsageError(f"cannot use storage {path}: {err.strerror or err}") from None
+    url = driver_url(storage)
     try:
-        with warnings.catch_warnings():  # Optuna calls heartbeats experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                _driver_url(storage),
-                engine_kwargs={"pool_pre_ping": True, **_connect_timeout(storage)},
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=requeue_stale,
-            )
+        with database_lock(url, "schema"):  # one process at a time creates the tables
+            return _rdb_storage(url, storage, heartbeat_interval, grace_period)
     except Exception as err:  # sqlalchemy/driver errors differ per backend
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot open storage {mask_url(storage)}: {reason}") from None
 
 
-def _driver_url(url: str) -> str:
-    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 if only it is installed."""
-    import importlib.util
+_CREATION_CONFLICTS = ("already exists", "duplicate key", "duplicate entry")
 
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
+
+def _rdb_storage(url: str, given: str, heartbeat_interval: int, grace_period: int
+                 ) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage; retried when another program creates its tables at the same time
+    (the tool's own processes take the schema lock first)."""
+    attempt = 0
+    while True:
+        try:
+            with warnings.catch_warnings():  # Optuna calls heartbeats experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs={"pool_pre_ping": True, **_connect_timeout(given)},
+                    heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                    heartbeat_stale_trial_callback=requeue_stale)
+        except Exception as err:
+            attempt += 1
+            if attempt == 5 or not any(k in str(err).lower() for k in _CREATION_CONFLICTS):
+                raise
+            time.sleep(0.2 * attempt)
 
 
 def _connect_timeout(url: str) -> dict[str, Any]:

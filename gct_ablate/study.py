@@ -16,19 +16,23 @@ input, before anything is stored or trained.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gct_ablate._util import DEFAULT_OUT
-from gct_ablate.errors import UsageError
-from gct_ablate.grid import prepare_study, spec_from_attrs
+from gct_ablate.errors import StudyNotFound, UsageError
+from gct_ablate.grid import QUEUED, check_tracking_uri, prepare_study, spec_from_attrs
+from gct_ablate.locks import study_lock
 from gct_ablate.spec import StudySpec, TrialConfig
 from gct_ablate.storage import HEARTBEAT_INTERVAL, load_study, open_storage, storage_label
 from gct_ablate.summary import Summary, load_results, summarize
 from gct_ablate.tracking import Tracker, check_tracking, resolve_tracking_uri
 from gct_ablate.worker import WorkerOptions, make_pruner
+
+WAIT_FOR_STUDY = 300.0  # seconds a worker waits for its study to be created
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,9 @@ def run_study(
     uri = resolve_tracking_uri(out, tracking_uri)
     opened = open_storage(storage, out, heartbeat_interval=heartbeat,
                           grace_period=3 * heartbeat)
+    existing = _find(opened, spec.study_name)
+    if existing is not None:  # before touching any store: tracked elsewhere is refused
+        check_tracking_uri(existing, uri)
     check_tracking(uri)
     preflight_data(spec)
     tracker = Tracker(uri, artifact_root=out / "mlartifacts")
@@ -132,18 +139,19 @@ def finish_study(storage: Any, name: str, tracker: Tracker, out: Path) -> Summar
     from gct_ablate.analysis import density
     from gct_ablate.runner import progress
 
-    summary = summarize(load_results(storage, name))
-    figures = [sm.plot_levels(summary, out / f"{name}-levels.png")]
-    if density.applies(summary):
-        figures.append(out / f"{name}-density.png")
-        density.plot_density(summary).savefig(figures[-1], dpi=110)
     study = load_study(storage, name)
-    parent = study.user_attrs.get("mlflow_parent_run_id")
-    if parent:
-        tracker.log_summary(parent, sm.to_markdown(summary), sm.to_csv(summary), figures)
-        counts = progress(study)["counts"]
-        if counts["waiting"] == 0 and counts["running"] == 0:
-            tracker.finish_parent(parent)
+    with study_lock(study):  # processes finishing together: the last one logs it all
+        summary = summarize(load_results(storage, name))
+        figures = [sm.plot_levels(summary, out / f"{name}-levels.png")]
+        if density.applies(summary):
+            figures.append(out / f"{name}-density.png")
+            density.plot_density(summary).savefig(figures[-1], dpi=110)
+        parent = study.user_attrs.get("mlflow_parent_run_id")
+        if parent:
+            tracker.log_summary(parent, sm.to_markdown(summary), sm.to_csv(summary), figures)
+            counts = progress(study)["counts"]
+            if counts["waiting"] == 0 and counts["running"] == 0:
+                tracker.finish_parent(parent)
     return summary
 
 
@@ -156,21 +164,22 @@ def join_study(
     workers: int = 1,
     base: TrialConfig | None = None,
     heartbeat: int = HEARTBEAT_INTERVAL,
+    wait: float = WAIT_FOR_STUDY,
     console: Any = None,
 ) -> list[int]:
-    """Work on an existing study until its queue is empty (what ``gct-ablate worker`` does).
+    """Work on a study until its queue is empty (what ``gct-ablate worker`` does).
 
-    ``base`` holds this machine's run options (device, threads, data folder). The tracking
-    URI defaults to the one stored with the study. Returns the exit codes of spawned
-    workers that failed.
+    A study that no ``run`` has created yet is waited for, up to ``wait`` seconds, so the
+    tasks of a job array may start in any order. ``base`` holds this machine's run options
+    (device, threads, data folder). The tracking URI is the one stored with the study
+    (another one is refused). Returns the exit codes of spawned workers that failed.
     """
     from gct_ablate.runner import run_workers
 
     out = output_dir(out)
-    found = load_study(open_storage(storage, out), name)
-    if "fingerprint" not in found.user_attrs:
-        raise UsageError(f"study {name!r} was not made by gct-ablate (or is being created: "
-                         "start workers once `run` has queued the grid)")
+    found = wait_for_study(open_storage(storage, out), name, wait, console)
+    if tracking_uri is not None:
+        check_tracking_uri(found, tracking_uri)
     check_tracking(tracking_uri or found.user_attrs["tracking_uri"])
     base = base or TrialConfig()
     spec = spec_from_attrs(found.user_attrs, base)
@@ -179,6 +188,40 @@ def join_study(
                          tracking_uri=tracking_uri, heartbeat_interval=heartbeat,
                          grace_period=3 * heartbeat)
     return run_workers(opts, workers, spec.config(()).epochs, console)
+
+
+def _find(storage: Any, name: str) -> Any:
+    """The study of that name, or None."""
+    try:
+        return load_study(storage, name)
+    except StudyNotFound:
+        return None
+
+
+def wait_for_study(storage: Any, name: str, wait: float, console: Any = None) -> Any:
+    """The study once a ``run`` has created it and queued its grid (polled up to ``wait`` s)."""
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            found = load_study(storage, name)
+        except StudyNotFound as err:
+            found, missing = None, err
+        if found is not None and found.user_attrs.get(QUEUED):
+            return found
+        if found is not None and "fingerprint" not in found.user_attrs and found.trials:
+            raise UsageError(f"study {name!r} was not made by gct-ablate")
+        if time.monotonic() >= deadline:
+            waited = f" (waited {wait:g} s; see --wait)" if wait else ""
+            if found is None:
+                raise StudyNotFound(f"{missing}{waited}") from None
+            raise UsageError(f"study {name!r} has no queued grid yet{waited}; is its "
+                             "`gct-ablate run` still starting?")
+        if not said and console is not None:
+            console.print(f"Waiting up to {wait:g} s for study {name!r} to be created and "
+                          "queued by `gct-ablate run` ...")
+            said = True
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def load_summary(name: str | None = None, *, out: str | Path = DEFAULT_OUT,

@@ -6,6 +6,7 @@ processes and threads can log at once.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 from gct_ablate._util import mask_url
 from gct_ablate.errors import UsageError
+from gct_ablate.locks import file_lock, sqlite_path
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -49,23 +51,104 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
             msg = f"cannot reach MLflow tracking server {mask_url(uri)}: {reason}"
             raise UsageError(msg) from None
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
+        path = sqlite_path(uri)
+        folder = (path or Path(".")).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise UsageError(f"MLflow store folder {folder} is missing or not writable")
+        if path is not None:
+            prepare_local_store(path)
+
+
+def quiet_mlflow() -> None:
+    """MLflow's and alembic's INFO lines off; no per-run URL printed on stdout."""
+    import logging
+
+    import mlflow  # noqa: F401  (importing it sets its loggers' levels: first, then ours)
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def prepare_local_store(path: Path) -> None:
+    """Make sure an MLflow SQLite store at ``path`` exists and is whole.
+
+    A new store is created and migrated to MLflow's schema once, under a file lock, in a
+    temporary file that is renamed into place when done: processes starting together wait
+    for one of them, and a crash mid-migration leaves no half-migrated store behind. An
+    existing store that an interrupted migration left half-done is refused in one line.
+    """
+    quiet_mlflow()
+    with file_lock(path):
+        if path.exists() and path.stat().st_size:
+            _check_whole(path)
+            return
+        tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        try:
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").as_uri())
+            store.engine.dispose()
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _check_whole(path: Path) -> None:
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            left = [r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE "
+                "'\\_alembic\\_tmp\\_%' ESCAPE '\\'")]
+    except sqlite3.DatabaseError as err:
+        raise UsageError(f"MLflow store {path} is not a readable SQLite database ({err}); "
+                         "move it aside to start a new store") from None
+    version = _schema_version(path)
+    if left:
+        raise UsageError(
+            f"MLflow store {path} is half-migrated: a schema migration was interrupted and left "
+            f"table {left[0]}. Recover: back the file up, then run "
+            f"`sqlite3 {path} 'DROP TABLE {left[0]}'` and `mlflow db upgrade sqlite:///{path}`; "
+            "or move the file aside to start a new store")
+    latest = _latest_schema()
+    if version is not None and latest is not None and version != latest:
+        raise UsageError(
+            f"MLflow store {path} has schema {version}, not {latest} that this MLflow writes: a "
+            "migration was interrupted, or another MLflow version made it. Recover: back the "
+            f"file up, then run `mlflow db upgrade sqlite:///{path}`; or move it aside")
+
+
+def _schema_version(path: Path) -> str | None:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+        except sqlite3.DatabaseError:
+            return None
+    return row[0] if row else None
+
+
+def _latest_schema() -> str | None:
+    """The schema revision this MLflow writes (None if MLflow no longer says)."""
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        return _get_latest_schema_revision()
+    except Exception:  # a private helper of MLflow: the check is skipped without it
+        return None
 
 
 class Tracker:
     """Logs a study's runs to one MLflow tracking URI."""
 
     def __init__(self, uri: str, artifact_root: Path | None = None) -> None:
-        import logging
-
         from mlflow import MlflowClient
 
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        # MLflow 3 prints "View run ... at: URL" on stdout per run ended on a server
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        quiet_mlflow()
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
@@ -150,7 +233,7 @@ class Tracker:
 
     def log_figure(self, run_id: str, figure: Any, path: str, dpi: int = 80) -> None:
         """Log a matplotlib figure as PNG. It runs once per trial: a modest dpi, and zlib's
-        fastest level (the gate figure: 14 ms less to encode, a file 6 % larger)."""
+        fastest level (a slightly larger file, encoded in a fraction of the time)."""
         self.client.log_figure(run_id, figure, path,
                                save_kwargs={"dpi": dpi, "pil_kwargs": {"compress_level": 1}})
 
@@ -166,6 +249,23 @@ class Tracker:
             torch.save(obj, buf)
             local.write_bytes(buf.getvalue())
             self.client.log_artifact(run_id, str(local), str(Path(path).parent) or None)
+
+    def has_run(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
+
+    def running_trial_runs(self, experiment_id: str) -> list[Any]:
+        """The experiment's trial runs that MLflow still shows as RUNNING."""
+        return self.client.search_runs(
+            [experiment_id], "attributes.status = 'RUNNING' and tags.`gct_ablate.role` = 'trial'",
+            max_results=10000)
 
     def end_trial(self, run_id: str, status: str, reason: str | None = None) -> None:
         """status: FINISHED, FAILED or KILLED (MLflow's run statuses)."""

@@ -1,11 +1,14 @@
 """Shared fixtures: a fresh PostgreSQL database, an MLflow tracking server, CLI processes.
 
-The PostgreSQL fixture never skips: when the server at 127.0.0.1:5432 does not answer,
-the tests that need it fail loudly (CI starts it before the tests).
+Tests that need PostgreSQL (the ``pg_url`` fixture, marked ``postgres``) skip with the
+reason in the summary line when the server at 127.0.0.1:5432 does not answer, unless the
+environment sets ``CI``: there they fail, so CI always tests them (``.ci/run`` starts the
+server). ``-m "not slow"`` leaves out the multi-process tests of a minute or more.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import secrets
@@ -17,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +47,31 @@ def _admin():
     return conn
 
 
+def _pg_reason(err: Exception) -> str:
+    return (f"PostgreSQL at 127.0.0.1:5432 is not answering ({str(err).strip()}); start it "
+            "with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`")
+
+
+def _pg_missing() -> str | None:
+    """Why PostgreSQL cannot be used here, or None when it answers."""
+    try:
+        _admin().close()
+    except Exception as err:  # no driver, refused, timed out
+        return _pg_reason(err)
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests taking a PostgreSQL database get the ``postgres`` marker, and skip (with the
+    reason) when it does not answer, except under CI, where the fixture fails them."""
+    needs = [item for item in items if "pg_url" in getattr(item, "fixturenames", ())]
+    for item in needs:
+        item.add_marker(pytest.mark.postgres)
+    missing = _pg_missing() if needs and not os.environ.get("CI") else None
+    for item in needs:
+        item.add_marker(pytest.mark.skipif(missing is not None, reason=missing or ""))
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """URL of a fresh database gct_test_<random>, dropped after the test."""
@@ -52,8 +81,7 @@ def pg_url() -> Iterator[str]:
     try:
         conn = _admin()
     except psycopg2.OperationalError as err:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not answering ({err}); start it with "
-                    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`")
+        pytest.fail(_pg_reason(err))
     with contextlib.closing(conn), conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -140,3 +168,45 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.killpg(proc.pid, signal.SIGKILL)  # the server and its uvicorn worker
         proc.wait(timeout=30)
         log.close()
+
+
+# ------------------------------------------------------------------ shared assertions
+def assert_each_once(trials: list[Any], expected: set[tuple[str, int]]) -> None:
+    """Every cell x seed COMPLETE exactly once; nothing waiting or running; failures redone."""
+    from optuna.trial import TrialState
+
+    done = collections.Counter(
+        (t.user_attrs["cell"], int(t.user_attrs["seed"]))
+        for t in trials if t.state == TrialState.COMPLETE
+    )
+    assert set(done) == expected
+    assert all(n == 1 for n in done.values()), done
+    assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+    retried = {t.user_attrs.get("retry_of") for t in trials if t.state == TrialState.COMPLETE}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert t.number in retried, f"failed trial {t.number} was not redone"
+
+
+def assert_mlflow_tree(uri: str, name: str, trials: list[Any]) -> dict:
+    """One parent run for the study, one child run under it per trial; child runs by id."""
+    from mlflow import MlflowClient
+    from optuna.trial import TrialState
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("gct_ablate.role") == "study"]
+    assert len(parents) == 1
+    children = {r.info.run_id: r for r in runs if r.data.tags.get("gct_ablate.role") == "trial"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+               for r in children.values())
+    assert sorted(t.user_attrs["mlflow_run_id"] for t in trials) == sorted(children)
+    for t in trials:
+        run = children[t.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["optuna_trial_number"] == str(t.number)
+        if t.state == TrialState.COMPLETE:
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["val_top1"] == t.value
+    return children

@@ -5,13 +5,20 @@ Needs PostgreSQL at 127.0.0.1:5432 (trust auth); each test gets a fresh database
 
 from __future__ import annotations
 
-import collections
 import functools
 import signal
 from pathlib import Path
 
 import optuna
-from conftest import LONG_TRIALS, TINY, start_cli, stop, wait_for
+from conftest import (
+    LONG_TRIALS,
+    TINY,
+    assert_each_once,
+    assert_mlflow_tree,
+    start_cli,
+    stop,
+    wait_for,
+)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
@@ -34,42 +41,6 @@ def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 def _log(path: Path) -> str:
     return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-
-def assert_each_once(trials: list[optuna.trial.FrozenTrial], expected: set[tuple[str, int]]):
-    """Every cell x seed COMPLETE exactly once; nothing waiting or running; failures redone."""
-    done = collections.Counter(
-        (t.user_attrs["cell"], int(t.user_attrs["seed"]))
-        for t in trials if t.state == TrialState.COMPLETE
-    )
-    assert set(done) == expected
-    assert all(n == 1 for n in done.values()), done
-    assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
-    retried = {t.user_attrs.get("retry_of") for t in trials if t.state == TrialState.COMPLETE}
-    for t in trials:
-        if t.state == TrialState.FAIL:
-            assert t.number in retried, f"failed trial {t.number} was not redone"
-
-
-def assert_mlflow_tree(uri: str, name: str, trials: list[optuna.trial.FrozenTrial]) -> dict:
-    """One parent run for the study, one child run under it per trial; child runs by id."""
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(name)
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("gct_ablate.role") == "study"]
-    assert len(parents) == 1
-    children = {r.info.run_id: r for r in runs if r.data.tags.get("gct_ablate.role") == "trial"}
-    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-               for r in children.values())
-    assert sorted(t.user_attrs["mlflow_run_id"] for t in trials) == sorted(children)
-    for t in trials:
-        run = children[t.user_attrs["mlflow_run_id"]]
-        assert run.data.tags["optuna_trial_number"] == str(t.number)
-        if t.state == TrialState.COMPLETE:
-            assert run.info.status == "FINISHED"
-            assert run.data.metrics["val_top1"] == t.value
-    return children
 
 
 def test_three_workers_on_postgres_and_an_mlflow_server(tmp_path, pg_url, mlflow_server):

@@ -91,7 +91,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "worker, unreachable tracking": (["worker", "base", "--tracking-uri",
                                           "http://127.0.0.1:1"],
                                          "cannot reach MLflow tracking server"),
-        "worker, unknown study": (["worker", "nope"],
+        "worker, unknown study": (["worker", "nope", "--wait", "0"],
                                   "no study named 'nope' in this storage; existing: base"),
     }
 

@@ -1,5 +1,6 @@
 """The Optuna layer: grid enqueued once, exactly-once execution, resume, dead workers."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -180,3 +181,47 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again(monkeypatch: pytest.M
             raise_pending()
     raise_pending()  # forgotten once the outermost block ends
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_orphan_mlflow_run_is_closed_on_resume_and_the_rerun_gets_its_own(tmp_path):
+    """A worker that died between creating its trial's MLflow run and storing the run id
+    left a RUNNING run no trial points to: the next start marks it KILLED, and the trial,
+    failed and re-queued, runs again under a run of its own."""
+    import socket
+
+    spec = tiny_spec(seeds=1)
+    storage, tracker, prepared = setup(tmp_path, spec)
+    study = prepared.study
+    trial_id = pop_waiting(study)
+    number = storage.get_trial(trial_id).number
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for key, value in (("host", socket.gethostname()), ("pid", dead.pid),
+                       ("proc", f"{dead.pid}:1")):
+        storage.set_trial_user_attr(trial_id, key, value)
+    attrs = study.user_attrs
+    orphan = tracker.start_trial(attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"],
+                                 cell="p=1", seed=0, trial_number=number, params={})
+    live = tracker.start_trial(attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"],
+                               cell="p=2", seed=0, trial_number=number + 1, params={})
+    live_id = pop_waiting(study)  # a live worker that has not stored its run id yet
+    storage.set_trial_user_attr(live_id, "host", socket.gethostname())
+    storage.set_trial_user_attr(live_id, "pid", os.getpid())
+
+    again = prepare_study(spec, storage, tracker)  # the resume
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert "orphan" in client.get_run(orphan).data.tags["status_reason"]
+    assert client.get_run(live).info.status == "RUNNING"  # its trial still runs: left alone
+    assert again.enqueued == 0  # the dead trial's copy was queued by the reaper
+    storage.set_trial_state_values(live_id, state=TrialState.FAIL)
+    client.set_terminated(live, "KILLED")
+    opts = WorkerOptions(study_name="tiny", storage=None, out_dir=str(tmp_path), base=BASE)
+    prepare_study(spec, storage, tracker, retry_failed=True)
+    run_worker(opts)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted((t.user_attrs["cell"], t.user_attrs["seed"]) for t in done) == [
+        ("p=1", 0), ("p=2", 0)]
+    reruns = {t.user_attrs["mlflow_run_id"] for t in done}
+    assert orphan not in reruns and live not in reruns
+    assert {client.get_run(r).info.status for r in reruns} == {"FINISHED"}

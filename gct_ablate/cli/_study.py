@@ -114,7 +114,9 @@ def _print_summary(result: Any, fmt: str) -> None:
 def worker(
     study: Annotated[str, typer.Argument(help="Name of the study to join.")],
     storage: Storage = None,
-    tracking_uri: TrackingUri = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="MLflow tracking URI; default (and the only one accepted): the "
+        "one stored with the study.")] = None,
     out: Out = DEFAULT_OUT,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
     device: Device = "auto",
@@ -122,15 +124,22 @@ def worker(
     data_dir: DataDir = None,
     download: Download = False,
     heartbeat: Heartbeat = 10,
+    wait: Annotated[float, typer.Option(
+        min=0, help="Seconds to wait for the study to be created by `gct-ablate run` "
+        "(the tasks of a job array may start in any order).")] = 300,
 ) -> None:
-    """Join a study (e.g. on PostgreSQL) and pull cells until none are left."""
+    """Join a study (e.g. on PostgreSQL) and pull cells until none are left.
+
+    The tracking URI is the one stored with the study.
+    """
     from gct_ablate.study import join_study
     from gct_ablate.worker import Interrupted
 
     base = TrialConfig(device=device, threads=threads, data_dir=data_dir, download=download)
     try:
         failed = join_study(study, out=out, storage=storage, tracking_uri=tracking_uri,
-                            workers=workers, base=base, heartbeat=heartbeat, console=console)
+                            workers=workers, base=base, heartbeat=heartbeat, wait=wait,
+                            console=console)
     except (KeyboardInterrupt, Interrupted):
         err_console.print("[yellow]Interrupted.[/] The running trial was re-queued.")
         raise typer.Exit(130) from None
