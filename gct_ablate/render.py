@@ -132,9 +132,9 @@ def _cost_row(s: Summary, c: CellStats) -> list[str]:
 
 def _anova_rows(s: Summary) -> list[list[str]]:
     importance = {f.name: f.importance for f in s.factors}
-    return [[t.term, f"{t.df:g}", _f(t.F), _p(t.p), _frac(t.partial_eta_squared),
-             t.verdict or "", _frac(importance[t.term]) if t.term in importance else ""]
-            for t in s.anova]
+    return [[t.term, "n/a" if t.df is None else f"{t.df:g}", _f(t.F), _p(t.p),
+             _frac(t.partial_eta_squared), t.verdict or "",
+             _frac(importance[t.term]) if t.term in importance else ""] for t in s.anova]
 
 
 def _level_rows(s: Summary) -> list[list[str]]:

@@ -34,8 +34,8 @@ class AnovaTerm:
 
     term: str  # "p", "p:activation", "seed" or "residual"
     factors: list[str]  # the factors of a main effect or interaction ([] otherwise)
-    df: float
-    sum_sq: float
+    df: float | None
+    sum_sq: float | None
     F: float | None = None
     p: float | None = None
     partial_eta_squared: float | None = None
@@ -74,6 +74,21 @@ def _formula(names: Sequence[str], interactions: bool, block: bool) -> str:
     return "value ~ " + joint + (" + C(seed)" if block else "")
 
 
+def _fit(formula: str, frame):  # noqa: ANN001, ANN202 (pandas and statsmodels objects)
+    from statsmodels.formula.api import ols
+
+    with warnings.catch_warnings():  # a rank-deficient design warns; the caller checks rank
+        warnings.simplefilter("ignore")
+        return ols(formula, data=frame).fit()
+
+
+def _terms(used: Sequence[str], interactions: bool) -> list[tuple[str, ...]]:
+    """Main effects, then (with ``interactions``) every interaction, in the model's order."""
+    if not interactions:
+        return [(f,) for f in used]
+    return [c for k in range(1, len(used) + 1) for c in itertools.combinations(used, k)]
+
+
 def factorial_anova(runs: Sequence[Run], factors: Sequence[str],
                     reference: Mapping[str, str], *, design: str = "full",
                     cells: Sequence[Mapping[str, str]] = (), margin: float | None = None,
@@ -102,15 +117,27 @@ def factorial_anova(runs: Sequence[Run], factors: Sequence[str],
     elif len(used) >= 2 and not replicated:
         out.notes.append("interactions not estimated: some cells have fewer than 2 runs")
     import pandas as pd
-    from statsmodels.formula.api import ols
     from statsmodels.stats.anova import anova_lm
 
     frame = pd.DataFrame([{**{names[f]: lv[f] for f in used}, "seed": s, "value": v}
                           for lv, s, v in runs if all(f in lv for f in used)])
     frame["seed"] = frame["seed"].astype(str)
     formula = _formula([names[f] for f in used], interactions, block)
-    fit = ols(formula, data=frame).fit()
+    fit = _fit(formula, frame)
+    if block and fit.model.rank < fit.model.exog.shape[1]:
+        out.notes.append("seed block left out: some seeds are not shared widely enough to "
+                         "tell them from the cells")
+        block, formula = False, _formula([names[f] for f in used], interactions, False)
+        out.formula = _formula(used, interactions, False)
+        fit = _fit(formula, frame)
     out.residual_df = float(fit.df_resid)
+    if fit.df_resid <= 0:  # anova_lm cannot even form the tests
+        out.notes.append("no residual degrees of freedom: F and p undefined (add seeds)")
+        out.terms = [AnovaTerm(":".join(t), list(t), None, None, verdict=INCONCLUSIVE)
+                     for t in _terms(used, interactions)]
+        if block:
+            out.terms.append(AnovaTerm(SEED_TERM, [], None, None, verdict=INCONCLUSIVE))
+        return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -119,10 +146,9 @@ def factorial_anova(runs: Sequence[Run], factors: Sequence[str],
             out.notes.append(f"ANOVA undefined ({type(err).__name__})")
             return out
     ss_res = float(table.loc["Residual", "sum_sq"])
-    defined = fit.df_resid > 0 and ss_res > 1e-12 * max(float(table["sum_sq"].sum()), 1e-300)
-    if fit.df_resid <= 0:
-        out.notes.append("no residual degrees of freedom: F and p undefined (add seeds)")
-    elif not defined:
+    # zero up to float rounding (relative to the values themselves, not to the effects)
+    defined = ss_res > 1e-20 * float((frame["value"] ** 2).sum())
+    if not defined:
         out.notes.append("no residual variance (identical results): F and p undefined")
     back = {f"C({v})": k for k, v in names.items()} | {"C(seed)": SEED_TERM}
     for label, row in table.iterrows():
