@@ -16,9 +16,12 @@ from optuna.trial import TrialState, create_trial
 from rich.console import Console
 from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
+from typer.testing import CliRunner
 
 from gct_ablate import stats
-from gct_ablate.errors import StudyNotFound
+from gct_ablate.cli import app
+from gct_ablate.errors import SpecError, StudyNotFound
+from gct_ablate.spec import StudySpec, build_spec, load_study_file
 from gct_ablate.summary import (
     StudyResults,
     Summary,
@@ -434,3 +437,60 @@ def test_load_results_missing_sqlite_file_is_not_created(tmp_path) -> None:
     with pytest.raises(SummaryError, match="no storage file"):
         load_results(f"sqlite:///{path}", "p_act")
     assert not path.exists()
+
+
+# ----------------------------------------------------------------------------- margin
+def test_margin_decides_equivalence_and_the_seeds_needed() -> None:
+    close = "p=2 activation=sigmoid"
+    results = StudyResults(spec_dict(), REF, True, records(), "p_act")
+    default, wide = summarize(results, importance=False), summarize(
+        results, importance=False, margin=20.0)
+    assert default.margin == pytest.approx(0.005) and wide.margin == pytest.approx(0.2)
+    assert cell(default, close).verdict == "inconclusive"
+    assert cell(wide, close).verdict == "equivalent"  # within +-20 points
+    assert cell(wide, close).seeds_needed < cell(default, close).seeds_needed
+    stored = summarize(StudyResults({**spec_dict(), "margin": 20.0}, REF, True, records(),
+                                    "p_act"), importance=False)
+    assert cell(stored, close).verdict == "equivalent"  # the study's own margin
+    loss = summarize(StudyResults(spec_dict("val_loss"), REF, False, records(), "p_act"),
+                     importance=False)
+    assert loss.margin is None and cell(loss, close).p_equivalence is None
+    assert any("no margin for val_loss" in n for n in loss.notes)
+    with pytest.raises(SpecError, match="invalid margin"):
+        summarize(results, margin=0.0)
+
+
+def test_margin_in_the_spec_is_not_part_of_the_grid(tmp_path) -> None:
+    spec = StudySpec(vary=("p",), margin=1.0)
+    assert spec.to_dict()["margin"] == 1.0 and StudySpec.from_dict(spec.to_dict()).margin == 1.0
+    assert spec.fingerprint() == StudySpec(vary=("p",)).fingerprint()
+    assert spec.with_overrides(margin=2.0).margin == 2.0
+    assert spec.with_overrides(seeds=5).margin == 1.0
+    path = tmp_path / "s.toml"
+    path.write_text('vary = ["p"]\nmargin = 0.25\n')
+    assert load_study_file(path).margin == 0.25
+    assert build_spec(path, None, [], [], None, None, None, margin=2.0).margin == 2.0
+    for bad in ("-1", "true", '"big"'):
+        path.write_text(f'vary = ["p"]\nmargin = {bad}\n')
+        with pytest.raises(SpecError, match="margin"):
+            load_study_file(path)
+
+
+def test_summary_command_margin_overrides_the_stored_one(tmp_path) -> None:
+    from optuna.storages.journal import JournalFileBackend
+
+    url = str(tmp_path / "studies.journal")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _write_study(optuna.storages.JournalStorage(JournalFileBackend(url)))
+    runner = CliRunner()
+    base = ["summary", "p_act", "--storage", url, "--format", "json"]
+    default = json.loads(runner.invoke(app, base).output)
+    wide = json.loads(runner.invoke(app, [*base, "--margin", "20"]).output)
+    assert (default["margin"], wide["margin"]) == (pytest.approx(0.005), pytest.approx(0.2))
+    verdicts = {c["cell"]: c["verdict"] for c in wide["cells"]}
+    assert verdicts["p=2 activation=sigmoid"] == "equivalent"
+    bad = runner.invoke(app, [*base, "--margin", "0"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    table = runner.invoke(app, ["summary", "p_act", "--storage", url])
+    assert table.exit_code == 0 and "With 3 seeds per cell" in table.output
+    assert "no detectable difference" not in table.output

@@ -23,7 +23,7 @@ from gct_ablate.cli._options import (
 from gct_ablate.spec import TrialConfig, build_spec
 
 Margin = Annotated[float | None, typer.Option(
-    min=0.0, min_open=True, help="Smallest difference that matters, in points of the metric "
+    help="Smallest difference that matters, in points of the metric "
     "(percentage points for accuracies; default 0.5; val_loss has none): cells within it "
     "are 'equivalent'; also the study-file key `margin`.")]
 
@@ -193,7 +193,7 @@ def summary(
     storage: Storage = None,
     out: Out = DEFAULT_OUT,
     margin: Annotated[float | None, typer.Option(
-        min=0.0, min_open=True, help="Smallest difference that matters, in points of the "
+        help="Smallest difference that matters, in points of the "
         "metric (percentage points for accuracies); overrides the study's for this "
         "analysis (default: the study's, else 0.5 for accuracies).")] = None,
     fmt: Fmt = "table",
