@@ -281,18 +281,33 @@ def test_looks_freeze_decided_cells_and_ask_seeds_for_the_rest() -> None:
 
 def test_summary_of_an_adaptive_study_replays_its_looks() -> None:
     rng = np.random.default_rng(8)
-    values = {c: list(v.values())[:4] for c, v in _studies(rng, 1, 0.0, 1.0)[0].items()}
-    values["c0"] = [v + 20.0 for v in values["c0"]]
-    spec = {"name": "adaptive", "vary": ["cell"], "levels": {"cell": list(values)}, "set": {},
-            "seeds": 4, "seed_batch": 3, "max_seeds": 10, "metric": "val_loss"}
+    names = {"ref": "p=2", "c0": "p=1", "c1": "p=3", "c2": "p=4"}
+    values = {names[c]: list(v.values())[:4]
+              for c, v in _studies(rng, 1, 0.0, 1.0)[0].items()}
+    values["p=1"] = [v + 20.0 for v in values["p=1"]]
+    spec = {"name": "adaptive", "vary": ["p"], "levels": {"p": ["1", "2", "3", "4"]},
+            "set": {}, "seeds": 4, "seed_batch": 3, "max_seeds": 10, "metric": "val_loss"}
     trials = [TrialRecord(c, s, "COMPLETE", v, {}, {}, i * 10 + s)
               for i, (c, vals) in enumerate(values.items()) for s, v in enumerate(vals)]
-    s = summarize(StudyResults(spec, "ref", False, trials, "adaptive"), margin=MARGIN,
+    s = summarize(StudyResults(spec, "p=2", False, trials, "adaptive"), margin=MARGIN,
                   importance=False)
-    c0 = next(c for c in s.cells if c.cell == "c0")
+    c0 = next(c for c in s.cells if c.cell == "p=1")
     assert (c0.verdict, c0.look, s.look) == ("worse", 1, 1)  # val_loss: higher is worse
     assert s.alpha_look == pytest.approx(ALPHA / 3) and s.schedule == SCHEDULE.to_dict()
     assert any("adaptive seeds 4/7/10" in n for n in s.notes)
+    # what the orchestration calls: the decisions, then the seeds of the next look
+    found = stats.decide_study(StudyResults(spec, "p=2", False, trials, "adaptive"), SCHEDULE,
+                               margin=MARGIN)
+    assert found.look == 1 and found.cells["p=1"].verdict == "worse"
+    wanted = stats.next_seeds(found)
+    assert set(wanted) == {"p=2", *found.undecided} and "p=1" not in wanted
+    more = [TrialRecord(c, seed, "COMPLETE", float(v), {}, {}, 100 + i)
+            for i, (c, seeds) in enumerate(wanted.items()) for seed in seeds
+            for v in [rng.normal(0, 1.0)]]
+    later = stats.decide_study(StudyResults(spec, "p=2", False, trials + more, "adaptive"),
+                               SCHEDULE, margin=MARGIN)
+    assert later.look == 2 and later.cells["p=1"].look == 1  # decided at look 1, frozen
+    assert {later.cells[c].comparison.n for c in found.undecided} == {7}
 
 
 def test_sequential_null_keeps_false_better_or_worse_below_alpha() -> None:

@@ -62,7 +62,7 @@ from gct_ablate.stats._sequential import (
     replay_many,
     seeds_to_decide,
 )
-from gct_ablate.stats._summary import conclusion, summarize
+from gct_ablate.stats._summary import conclusion, decide_study, study_values, summarize
 
 __all__ = [
     "ALPHA", "BETTER", "CONFIDENCE", "DECIDED", "DEFAULT_MARGIN_POINTS", "EQUIVALENT",
@@ -71,8 +71,8 @@ __all__ = [
     "WORSE", "AnovaTerm", "CellStats", "Comparison", "Decision", "Describe", "FactorStats",
     "FactorialAnova", "LevelContrast", "LevelStats", "LookResult", "Schedule", "StudyResults",
     "Summary", "TrialRecord", "compare", "compare_many", "conclusion", "decide_cells",
-    "decide_family", "decide_look", "decide_looks", "describe", "detectable_effect",
+    "decide_family", "decide_look", "decide_looks", "decide_study", "describe", "detectable_effect",
     "factorial_anova", "holm", "mean_of_means_ci", "metric_margin", "min_detectable_difference",
     "next_seeds", "points_scale", "pooled_sd", "pooled_sds", "replay", "replay_many",
-    "seeds_needed", "seeds_to_decide", "summarize", "verdict", "with_power",
+    "seeds_needed", "seeds_to_decide", "study_values", "summarize", "verdict", "with_power",
 ]

@@ -113,7 +113,7 @@ def factorial_anova(runs: Sequence[Run], factors: Sequence[str],
         return out
     if design != "full":
         out.notes.append(f"design {design!r}: main effects only; it cannot estimate "
-                         "interactions (they are aliased with the main effects)")
+                         "interactions")
     elif len(used) >= 2 and not replicated:
         out.notes.append("interactions not estimated: some cells have fewer than 2 runs")
     import pandas as pd

@@ -33,7 +33,7 @@ from gct_ablate.stats._records import (
     metric_margin,
 )
 from gct_ablate.stats._results import CellStats, FactorStats, LevelStats, Summary
-from gct_ablate.stats._sequential import Schedule, replay
+from gct_ablate.stats._sequential import LookResult, Schedule, replay
 
 
 def _usable(trials: list[TrialRecord]) -> tuple[list[TrialRecord], int, int]:
@@ -112,6 +112,49 @@ def _apply(c: CellStats, d: Decision, adaptive: bool) -> None:
     c.look = d.look if adaptive else None
 
 
+def study_values(results: StudyResults) -> dict[str, dict[SeedKey, float]]:
+    """cell -> seed -> value of the usable runs (COMPLETE, finite, latest per cell and seed),
+    what the tests and the looks read."""
+    values: dict[str, dict[SeedKey, float]] = defaultdict(dict)
+    for r in _usable(results.trials)[0]:
+        if r.value is not None:
+            values[r.cell][_seed_key(r)] = r.value
+    return dict(values)
+
+
+def _reached_look(results: StudyResults, schedule: Schedule) -> int:
+    """The look the reference's attempted seeds (any state) reach."""
+    seeds = [t.seed for t in results.trials
+             if t.cell == results.reference_cell and t.seed is not None]
+    return schedule.look_for(max(seeds) + 1 if seeds else 0)
+
+
+def decide_study(results: StudyResults, schedule: Schedule, *, alpha: float = ALPHA,
+                 margin: float | None = None, cells: list[str] | None = None) -> LookResult:
+    """The adaptive-seeds decisions of a stored study: its looks replayed up to the one the
+    reference's seeds reach (call it once that look's trials have all finished).
+
+    ``margin`` in points of the metric (default: the spec's, else the metric's default).
+    :func:`~gct_ablate.stats.next_seeds` of the result says what to enqueue next.
+    """
+    spec = results.spec
+    metric = str(spec.get("metric", "val_top1"))
+    points = margin if margin is not None else spec.get("margin")
+    values = study_values(results)
+    names = cells if cells is not None else [
+        c for c in dict.fromkeys([*_grid_cells(spec), *values]) if c != results.reference_cell]
+    return replay(values, results.reference_cell, schedule, alpha=alpha,
+                  margin=metric_margin(metric, None if points is None else float(points)),
+                  maximize=results.maximize, cells=names,
+                  look=_reached_look(results, schedule))
+
+
+def _grid_cells(spec: dict[str, Any]) -> list[str]:
+    vary = [str(n) for n in spec.get("vary", [])]
+    return _grid(spec, vary, {n: [str(x) for x in spec.get("levels", {}).get(n, [])]
+                              for n in vary})
+
+
 def summarize(results: StudyResults, alpha: float = ALPHA, importance: bool = True,
               margin: float | None = None, schedule: Schedule | None = None) -> Summary:
     """Per-cell tests against the reference with verdicts, the factorial ANOVA, importance.
@@ -146,10 +189,9 @@ def summarize(results: StudyResults, alpha: float = ALPHA, importance: bool = Tr
     names = [c.cell for c in others]
     look = alpha_level = None
     if schedule is not None:
-        attempted = [t.seed for t in all_by_cell[ref] if t.seed is not None]
         found = replay(values, ref, schedule, alpha=alpha, margin=margin_value,
                        maximize=results.maximize, cells=names,
-                       look=schedule.look_for(max(attempted) + 1 if attempted else 0))
+                       look=_reached_look(results, schedule))
         decisions, look, alpha_level = found.cells, found.look, found.alpha_look
     else:
         decisions = decide_family(values, ref, names, alpha=alpha, margin=margin_value,
