@@ -137,6 +137,7 @@ def test_paired_when_seeds_are_shared_else_welch() -> None:
     d = np.array(values["p=1 activation=sigmoid"][:2]) - np.array(values[REF][2:])
     assert partial.delta == pytest.approx(d.mean())
     assert any("Welch" in n for n in s.notes)
+    assert any("left out" in n and "'p=1 activation=sigmoid'" in n for n in s.notes)
 
 
 def test_tost_and_intervals_equal_statsmodels() -> None:

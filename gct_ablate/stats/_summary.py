@@ -129,8 +129,20 @@ def _reached_look(results: StudyResults, schedule: Schedule) -> int:
     return schedule.look_for(max(seeds) + 1 if seeds else 0)
 
 
+def _margin(results: StudyResults, points: float | None) -> float | None:
+    """The margin in metric units: ``points``, else the spec's, else the metric's default."""
+    points = points if points is not None else results.spec.get("margin")
+    return metric_margin(str(results.spec.get("metric", "val_top1")),
+                         None if points is None else float(points))
+
+
+def _all_cells(results: StudyResults, grid: list[str]) -> list[str]:
+    """The grid's cells, then any other cell a trial names."""
+    return list(dict.fromkeys([*grid, *(t.cell for t in results.trials)]))
+
+
 def decide_study(results: StudyResults, schedule: Schedule, *, alpha: float = ALPHA,
-                 margin: float | None = None, cells: list[str] | None = None) -> LookResult:
+                 margin: float | None = None) -> LookResult:
     """The adaptive-seeds decisions of a stored study: its looks replayed up to the one the
     reference's seeds reach (call it once that look's trials have all finished).
 
@@ -138,21 +150,13 @@ def decide_study(results: StudyResults, schedule: Schedule, *, alpha: float = AL
     :func:`~gct_ablate.stats.next_seeds` of the result says what to enqueue next.
     """
     spec = results.spec
-    metric = str(spec.get("metric", "val_top1"))
-    points = margin if margin is not None else spec.get("margin")
-    values = study_values(results)
-    names = cells if cells is not None else [
-        c for c in dict.fromkeys([*_grid_cells(spec), *values]) if c != results.reference_cell]
-    return replay(values, results.reference_cell, schedule, alpha=alpha,
-                  margin=metric_margin(metric, None if points is None else float(points)),
-                  maximize=results.maximize, cells=names,
-                  look=_reached_look(results, schedule))
-
-
-def _grid_cells(spec: dict[str, Any]) -> list[str]:
     vary = [str(n) for n in spec.get("vary", [])]
-    return _grid(spec, vary, {n: [str(x) for x in spec.get("levels", {}).get(n, [])]
+    grid = _grid(spec, vary, {n: [str(x) for x in spec.get("levels", {}).get(n, [])]
                               for n in vary})
+    names = [c for c in _all_cells(results, grid) if c != results.reference_cell]
+    return replay(study_values(results), results.reference_cell, schedule, alpha=alpha,
+                  margin=_margin(results, margin), maximize=results.maximize, cells=names,
+                  look=_reached_look(results, schedule))
 
 
 def summarize(results: StudyResults, alpha: float = ALPHA, importance: bool = True,
@@ -167,8 +171,7 @@ def summarize(results: StudyResults, alpha: float = ALPHA, importance: bool = Tr
     """
     spec = results.spec
     metric = str(spec.get("metric", "val_top1"))
-    points = margin if margin is not None else spec.get("margin")
-    margin_value = metric_margin(metric, None if points is None else float(points))
+    margin_value = _margin(results, margin)
     schedule = schedule or Schedule.from_spec(spec)
     vary = [str(n) for n in spec.get("vary", [])]
     levels = {n: [str(x) for x in spec.get("levels", {}).get(n, [])] for n in vary}
@@ -180,7 +183,7 @@ def summarize(results: StudyResults, alpha: float = ALPHA, importance: bool = Tr
         by_cell[r.cell].append(r)
     for r in results.trials:
         all_by_cell[r.cell].append(r)
-    extra = [c for c in all_by_cell if c not in grid]
+    extra = [c for c in _all_cells(results, grid) if c not in grid]
     ref = results.reference_cell
     cells = [_cell_stats(c, by_cell[c], all_by_cell[c], ref, c in grid) for c in grid + extra]
     values = {c.cell: {_seed_key(r): r.value for r in by_cell[c.cell] if r.value is not None}
@@ -292,6 +295,12 @@ def _notes(s: Summary, anova: FactorialAnova, dupes: int, bad: int, extra: list[
     if small:
         notes.append("a real difference smaller than the margin (equivalent): "
                      + ", ".join(repr(c) for c in small))
+    if schedule is None and ref is not None:
+        partial = [c.cell for c in others
+                   if c.test == "paired t" and (c.n_test < c.n or c.n_test < ref.n)]
+        if partial:
+            notes.append("paired on the seeds shared with the reference (the others are left "
+                         "out): " + ", ".join(repr(c) for c in partial))
     welch = sum(c.test == "Welch t" for c in others)
     if welch and any(c.test == "paired t" for c in others):
         notes.append(f"{welch} cell(s) share fewer than 2 seeds with the reference: Welch t")
