@@ -7,6 +7,8 @@ A study file is TOML (see ``studies/``)::
     vary = ["p"]
     seeds = 3
     metric = "val_top1"
+    margin = 0.5                    # smallest difference that matters, in points of the
+                                    # metric (percentage points for accuracies)
     [levels]                        # optional overrides of the default levels
     p = [1, 2, 3, "inf", "gap"]
     [set]                           # factors held fixed
@@ -19,6 +21,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -145,6 +148,10 @@ class StudySpec:
     question: str = ""
     metric: str = "val_top1"
     base: TrialConfig = field(default_factory=TrialConfig)  # non-factor run options
+    # The smallest difference that matters, in points of the metric (percentage points for
+    # accuracies); None: the metric's default (0.5 for accuracies, none for val_loss). Not
+    # part of the fingerprint: a study can be re-analysed with another margin.
+    margin: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -171,6 +178,9 @@ class StudySpec:
             raise SpecError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
         if self.name is not None and not self.name.strip():
             raise SpecError("study name is empty")
+        if self.margin is not None and not (math.isfinite(self.margin) and self.margin > 0):
+            raise SpecError(f"invalid margin {self.margin}; must be a positive number "
+                            "(points of the metric)")
         object.__setattr__(self, "vary", vary)
         object.__setattr__(self, "levels", {n: levels[n] for n in vary})
         object.__setattr__(self, "fixed", fixed)
@@ -221,12 +231,14 @@ class StudySpec:
                    levels={k: tuple(v) for k, v in d.get("levels", {}).items()},
                    fixed=dict(d.get("set", {})), seeds=int(d.get("seeds", 3)),
                    name=d.get("name"), question=d.get("question", ""),
-                   metric=d.get("metric", "val_top1"), base=base or TrialConfig())
+                   metric=d.get("metric", "val_top1"), base=base or TrialConfig(),
+                   margin=None if d.get("margin") is None else float(d["margin"]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.study_name, "question": self.question, "vary": list(self.vary),
                 "levels": {k: list(v) for k, v in self.levels.items()},
-                "set": dict(self.fixed), "seeds": self.seeds, "metric": self.metric}
+                "set": dict(self.fixed), "seeds": self.seeds, "metric": self.metric,
+                "margin": self.margin}
 
     def with_overrides(
         self,
@@ -238,6 +250,7 @@ class StudySpec:
         name: str | None = None,
         metric: str | None = None,
         base: TrialConfig | None = None,
+        margin: float | None = None,
     ) -> StudySpec:
         """The command line over a study file: vary replaces, levels/set merge, rest replace."""
         new_vary = tuple(vary) if vary else self.vary
@@ -255,10 +268,11 @@ class StudySpec:
             seeds=self.seeds if seeds is None else seeds,
             name=name or self.name, question=self.question,
             metric=metric or self.metric, base=base or self.base,
+            margin=self.margin if margin is None else margin,
         )
 
 
-_FILE_KEYS = {"name", "question", "vary", "levels", "set", "seeds", "metric"}
+_FILE_KEYS = {"name", "question", "vary", "levels", "set", "seeds", "metric", "margin"}
 
 
 def load_study_file(path: str | Path) -> StudySpec:
@@ -291,6 +305,9 @@ def load_study_file(path: str | Path) -> StudySpec:
     name = want("name", str, "a string")
     question = want("question", str, "a string") or ""
     metric = want("metric", str, "a string") or "val_top1"
+    margin = want("margin", (int, float), "a number (points of the metric)")
+    if isinstance(margin, bool):
+        raise SpecError(f"{path}: key 'margin' must be a number (points of the metric)")
     for k, v in levels.items():
         if not isinstance(v, list):
             raise SpecError(f"{path}: levels.{k} must be a list")
@@ -306,6 +323,7 @@ def load_study_file(path: str | Path) -> StudySpec:
             name=name,
             question=question,
             metric=metric,
+            margin=None if margin is None else float(margin),
         )
     except SpecError as err:
         raise SpecError(f"{path}: {err}") from None
@@ -314,6 +332,7 @@ def load_study_file(path: str | Path) -> StudySpec:
 def build_spec(
     study_file: Path | None, vary: str | None, levels: list[str], set_: list[str],
     seeds: int | None, study: str | None, metric: str | None, base: TrialConfig | None = None,
+    margin: float | None = None,
 ) -> StudySpec:
     """A study file (if any) overridden by command-line text: ``vary`` 'p,activation',
     ``levels`` ['p=1,2,inf'], ``set_`` ['epochs=30,model=resnet56'] (see ``gct-ablate run``)."""
@@ -337,4 +356,4 @@ def build_spec(
         if lv_only:
             raise SpecError(f"--levels for {', '.join(sorted(lv_only))}, which is not in --vary")
     return spec.with_overrides(vary=vary_names, levels=lv, fixed=fixed, seeds=seeds,
-                               name=study, metric=metric, base=base)
+                               name=study, metric=metric, base=base, margin=margin)

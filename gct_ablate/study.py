@@ -129,19 +129,21 @@ def run_study(
     if failed and console is not None:
         console.print(f"[red]{len(failed)} worker process(es) stopped with an error "
                       f"(exit {', '.join(map(str, failed))}); their trials were re-queued[/]")
-    return finish_study(opened, spec.study_name, tracker, out)
+    return finish_study(opened, spec.study_name, tracker, out, margin=spec.margin)
 
 
-def finish_study(storage: Any, name: str, tracker: Tracker, out: Path) -> Summary:
+def finish_study(storage: Any, name: str, tracker: Tracker, out: Path,
+                 margin: float | None = None) -> Summary:
     """Summarise the study, write its figures to ``out`` and log them and the summary on the
-    parent MLflow run; finish that run when no trial is waiting or running."""
+    parent MLflow run; finish that run when no trial is waiting or running. ``margin``:
+    points of the metric (default: the stored spec's, else the metric's default)."""
     from gct_ablate import summary as sm
     from gct_ablate.analysis import density
     from gct_ablate.runner import progress
 
     study = load_study(storage, name)
     with study_lock(study):  # processes finishing together: the last one logs it all
-        summary = summarize(load_results(storage, name))
+        summary = summarize(load_results(storage, name), margin=margin)
         figures = [sm.plot_levels(summary, out / f"{name}-levels.png")]
         if density.applies(summary):
             figures.append(out / f"{name}-density.png")
@@ -225,9 +227,10 @@ def wait_for_study(storage: Any, name: str, wait: float, console: Any = None) ->
 
 
 def load_summary(name: str | None = None, *, out: str | Path = DEFAULT_OUT,
-                 storage: str | None = None) -> Summary:
+                 storage: str | None = None, margin: float | None = None) -> Summary:
     """The summary of a stored study, from the storage alone (``name`` may be omitted when
-    the storage holds one study)."""
+    the storage holds one study). ``margin`` (points of the metric) overrides the stored one
+    for this analysis only."""
     from gct_ablate.storage import JOURNAL_NAME, study_names
 
     out = Path(out)
@@ -239,7 +242,7 @@ def load_summary(name: str | None = None, *, out: str | Path = DEFAULT_OUT,
         if len(names) != 1:
             raise UsageError(f"name a study; this storage has: {', '.join(names) or 'none'}")
         name = names[0]
-    return summarize(load_results(opened, name))
+    return summarize(load_results(opened, name), margin=margin)
 
 
 def study_progress(name: str, *, out: str | Path = DEFAULT_OUT, storage: str | None = None

@@ -15,9 +15,13 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 from scipy import stats as st
+from statsmodels.stats.multitest import multipletests
+from typer.testing import CliRunner
 
 from gct_ablate import stats
-from gct_ablate.errors import StudyNotFound
+from gct_ablate.cli import app
+from gct_ablate.errors import SpecError, StudyNotFound
+from gct_ablate.spec import StudySpec, build_spec, load_study_file
 from gct_ablate.summary import (
     StudyResults,
     Summary,
@@ -38,7 +42,7 @@ VALUES = {  # cell -> complete values, one per seed
     "p=1 activation=tanh": [0.80, 0.81, 0.79],
     "p=1 activation=sigmoid": [0.85],
     "p=2 activation=tanh": [0.90, 0.92, 0.91],
-    "p=2 activation=sigmoid": [0.91, 0.93, 0.92],
+    "p=2 activation=sigmoid": [0.91, 0.94, 0.92],
 }
 METRICS = {"params_total": 272_474, "params_attention": 1_008, "seconds": 10.0}
 
@@ -98,24 +102,35 @@ def test_describe_constant_values_have_zero_width() -> None:
     assert (d.std, d.ci_low, d.ci_high) == (0.0, 0.97, 0.97)
 
 
-def test_welch_matches_scipy() -> None:
+def test_welch_matches_scipy_when_seeds_are_not_shared() -> None:
     a, b = [0.80, 0.81, 0.79, 0.83], [0.90, 0.92, 0.91]
-    assert stats.welch_p(a, b) == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
+    c = stats.compare(dict(enumerate(a)), {10 + i: v for i, v in enumerate(b)})
+    assert c.test == "Welch t"
+    assert c.p_value == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-@pytest.mark.parametrize("a, b, expected", [
-    ([0.9], [0.9, 0.8], None),  # n < 2
-    ([0.97] * 3, [0.97] * 3, 1.0),  # identical constants (float noise would give p ~ 1e-29)
-    ([0.97] * 3, [0.98] * 3, None),  # constants that differ: t undefined
+def test_paired_matches_scipy_when_seeds_are_shared() -> None:
+    a, b = [0.80, 0.81, 0.79, 0.83], [0.90, 0.92, 0.91, 0.93]
+    c = stats.compare(dict(enumerate(a)), dict(enumerate(b)))
+    assert (c.test, c.n, c.n_ref) == ("paired t", 4, 4)
+    assert c.p_value == pytest.approx(st.ttest_rel(a, b).pvalue)
+
+
+@pytest.mark.parametrize("a, b, test, p", [
+    ([0.9], [0.9, 0.8], "none", None),  # n < 2
+    ([0.97] * 3, [0.97] * 3, "paired t", 1.0),  # identical: no difference at all
+    ([0.97] * 3, [0.98] * 3, "paired t", None),  # constants that differ: t undefined
 ])
-def test_welch_edge_cases(a, b, expected) -> None:
-    assert stats.welch_p(a, b) == expected
+def test_compare_edge_cases(a, b, test, p) -> None:
+    c = stats.compare(dict(enumerate(a)), dict(enumerate(b)))
+    assert (c.test, c.p_value) == (test, p)
 
 
 @pytest.mark.filterwarnings("ignore:Precision loss")  # scipy's own, as the oracle
 def test_welch_one_constant_group_is_defined() -> None:
     a, b = [1.0, 1.0], [1.0, 2.0, 3.0]
-    assert stats.welch_p(a, b) == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
+    c = stats.compare({"#1": a[0], "#2": a[1]}, {"#3": b[0], "#4": b[1], "#5": b[2]})
+    assert c.p_value == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def test_holm_known_example() -> None:
@@ -129,18 +144,20 @@ def test_holm_caps_at_one_and_skips_untested() -> None:
     assert stats.holm([]) == []
 
 
-@pytest.mark.parametrize("delta, p, maximize, n, n_ref, expected", [
-    (0.02, 0.01, True, 3, 3, "better"),
-    (-0.02, 0.01, True, 3, 3, "worse"),
-    (-0.02, 0.01, False, 3, 3, "better"),  # val_loss: lower is better
-    (0.02, 0.01, False, 3, 3, "worse"),
-    (0.02, 0.05, True, 3, 3, "no detectable difference"),  # p must be < alpha
-    (0.02, 0.01, True, 1, 3, "too few runs"),
-    (0.02, 0.01, True, 3, 1, "too few runs"),
-    (0.02, None, True, 3, 3, "undetermined"),
+@pytest.mark.parametrize("delta, p, p_eq, maximize, test, expected", [
+    (0.02, 0.01, 0.5, True, "paired t", "better"),
+    (-0.02, 0.01, 0.5, True, "paired t", "worse"),
+    (-0.02, 0.01, 0.5, False, "Welch t", "better"),  # val_loss: lower is better
+    (0.02, 0.01, 0.5, False, "paired t", "worse"),
+    (0.02, 0.05, 0.5, True, "paired t", "inconclusive"),  # p must be < alpha
+    (0.001, 0.5, 0.01, True, "paired t", "equivalent"),
+    (0.001, 0.01, 0.01, True, "paired t", "equivalent"),  # real but within the margin
+    (0.02, None, None, True, "paired t", "inconclusive"),  # t undefined
+    (0.02, None, None, True, "none", "too few runs"),
 ])
-def test_verdict(delta, p, maximize, n, n_ref, expected) -> None:
-    assert stats.verdict(delta, p, maximize, n, n_ref) == expected
+def test_verdict(delta, p, p_eq, maximize, test, expected) -> None:
+    comparison = stats.Comparison(test, 3, 3, delta)
+    assert stats.verdict(comparison, p, p_eq, maximize, 0.05) == expected
 
 
 def test_mean_of_means_ci() -> None:
@@ -156,13 +173,6 @@ def test_mean_of_means_ci() -> None:
     assert stats.mean_of_means_ci([]) == (None, None, None)
 
 
-def test_eta_squared_matches_one_way_anova() -> None:
-    groups = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
-    f = st.f_oneway(*groups).statistic  # eta^2 = F df1 / (F df1 + df2)
-    assert stats.eta_squared(groups) == pytest.approx(f * 1 / (f * 1 + 4))
-    assert stats.eta_squared([[1.0], [1.0]]) is None
-
-
 # ----------------------------------------------------------------------------- summarize
 def test_summarize_cells_against_scipy() -> None:
     s = summary()
@@ -173,14 +183,17 @@ def test_summarize_cells_against_scipy() -> None:
         s, "p=2 activation=sigmoid")
     assert ref.is_reference and ref.verdict == "reference" and ref.p_value is None
     assert (ref.n, ref.mean, ref.std) == (3, pytest.approx(0.91), pytest.approx(0.01))
-    p_worse = st.ttest_ind(VALUES[worse.cell], VALUES[REF], equal_var=False).pvalue
-    p_close = st.ttest_ind(VALUES[close.cell], VALUES[REF], equal_var=False).pvalue
+    p_worse = st.ttest_rel(VALUES[worse.cell], VALUES[REF]).pvalue  # seeds 0-2 are shared
+    p_close = st.ttest_rel(VALUES[close.cell], VALUES[REF]).pvalue
+    assert (worse.test, close.test) == ("paired t", "paired t")
     assert worse.p_value == pytest.approx(p_worse)
     assert close.p_value == pytest.approx(p_close)
-    holm = stats.holm([p_worse, p_close])  # the n=1 cell is not a test
-    assert worse.p_holm == pytest.approx(holm[0]) and close.p_holm == pytest.approx(holm[1])
-    assert worse.delta == pytest.approx(-0.11) and close.delta == pytest.approx(0.01)
-    assert (worse.verdict, close.verdict) == ("worse", "no detectable difference")
+    holm = multipletests([p_worse, p_close], method="holm")[1]  # the n=1 cell is no test
+    assert worse.p_adjusted == pytest.approx(holm[0])
+    assert close.p_adjusted == pytest.approx(holm[1])
+    assert worse.delta == pytest.approx(-0.11) and close.delta == pytest.approx(0.04 / 3)
+    assert (worse.verdict, close.verdict) == ("worse", "inconclusive")
+    assert s.verdict_text(close) == f"inconclusive (detects >= {100 * close.mdd:.1f})"
     assert (ref.params_total, ref.params_attention, ref.seconds_mean) == (272_474, 1_008, 10.0)
 
 
@@ -194,8 +207,9 @@ def test_pruned_and_failed_counted_not_averaged() -> None:
 
 def test_single_run_cell_is_too_few_and_na() -> None:
     c = cell(summary(), "p=1 activation=sigmoid")
-    assert (c.n, c.mean, c.std, c.ci_low, c.p_value, c.p_holm) == (1, 0.85, None, None,
-                                                                   None, None)
+    assert (c.n, c.mean, c.std, c.ci_low, c.p_value, c.p_adjusted) == (1, 0.85, None, None,
+                                                                       None, None)
+    assert (c.test, c.mdd, c.seeds_needed) == ("none", None, None)
     assert c.verdict == "too few runs"
     row = next(r for r in to_markdown(summary()).splitlines() if "p=1 activation=sigmoid" in r)
     assert "n/a" in row and "too few runs" in row
@@ -224,7 +238,8 @@ def test_duplicates_keep_latest_and_bad_values_fail() -> None:
     s = summarize(StudyResults(spec_dict(), REF, True, recs, "p_act"), importance=False)
     ref = cell(s, REF)
     assert sorted(ref.values) == [0.91, 0.92, 0.95] and ref.failed == 1
-    assert len(s.notes) == 2
+    assert any("duplicate" in n for n in s.notes)
+    assert any("without a finite value" in n for n in s.notes)
 
 
 def test_zero_variance_cells() -> None:
@@ -232,9 +247,11 @@ def test_zero_variance_cells() -> None:
     spec = {**spec_dict(vary=("p",)), "levels": {"p": ["1", "2", "inf"]}}
     s = summarize(StudyResults(spec, "p=2", True, records(values), "p"), importance=False)
     assert [(c.p_value, c.verdict) for c in s.cells] == [
-        (None, "undetermined"), (None, "reference"), (1.0, "no detectable difference")]
-    assert cell(s, "p=inf").p_holm == 1.0  # a family of one: the undetermined cell is no test
-    assert any("undetermined" in n for n in s.notes)
+        (None, "inconclusive"), (None, "reference"), (1.0, "equivalent")]
+    assert cell(s, "p=inf").p_adjusted == 1.0  # a family of one: the undefined t is no test
+    assert cell(s, "p=inf").p_equivalence_adjusted == 0.0  # identical results
+    assert any("t undefined" in n and "'p=1'" in n for n in s.notes)
+    assert s.factors[0].F is None and any("no residual variance" in n for n in s.notes)
 
 
 def test_importance_failure_never_breaks_the_summary(monkeypatch) -> None:
@@ -256,7 +273,11 @@ def test_factor_marginals() -> None:
     assert one.ci_low is None  # a contributing cell has n = 1
     mean, lo, hi = stats.mean_of_means_ci([VALUES[REF], VALUES["p=2 activation=sigmoid"]])
     assert (two.mean, two.ci_low, two.ci_high) == (mean, lo, hi) and two.is_reference
-    assert p.eta_squared is not None and 0 < p.eta_squared <= 1
+    assert p.partial_eta_squared is not None and 0 < p.partial_eta_squared <= 1
+    assert p.verdict == "significant" and two.delta == 0.0
+    assert one.delta < 0 and one.delta_ci_high < 0 and one.equivalent is False
+    assert s.anova_formula == "metric ~ C(p) + C(activation) + C(seed)"  # a cell has n = 1
+    assert any("interactions not estimated" in n for n in s.notes)
 
 
 def test_importance_two_factors_fanova() -> None:
@@ -279,7 +300,8 @@ def test_importance_single_factor_and_none() -> None:
     values = {"p=1": [0.8, 0.81], "p=2": [0.9, 0.91]}
     s = summarize(StudyResults(spec_dict(vary=("p",)), "p=2", True, records(values), "p"))
     assert s.factors[0].importance is None and s.importance_method.startswith("n/a")
-    assert s.factors[0].eta_squared == pytest.approx(0.99, abs=0.01)
+    # p and the seed explain everything: no residual variance, F undefined, never NaN
+    assert (s.factors[0].F, s.factors[0].partial_eta_squared) == (None, None)
     single = summarize(StudyResults(spec_dict(vary=()), "", True,
                                     records({"": [0.9, 0.91]}), "base"))
     assert [c.verdict for c in single.cells] == ["reference"] and single.factors == []
@@ -287,12 +309,19 @@ def test_importance_single_factor_and_none() -> None:
 
 # ----------------------------------------------------------------------------- formats
 def test_csv_round_trip() -> None:
-    rows = list(csv.DictReader(io.StringIO(to_csv(summary()))))
+    every = list(csv.DictReader(io.StringIO(to_csv(summary()))))
+    rows = [r for r in every if r["kind"] == "cell"]
     assert [r["cell"] for r in rows] == [c.cell for c in summary().cells]
     worse = rows[0]
     assert float(worse["mean"]) == pytest.approx(0.80) and worse["verdict"] == "worse"
+    assert worse["test"] == "paired t" and float(worse["delta_ci_high"]) < 0
+    assert float(worse["mdd"]) > 0 and int(worse["seeds_needed"]) >= 2
     assert rows[1]["std"] == "" and rows[1]["n"] == "1"
     assert rows[0]["pruned"] == "1" and rows[0]["failed"] == "1"
+    terms = {r["term"]: r for r in every if r["kind"] == "term"}
+    assert set(terms) == {"p", "activation", "seed", "residual"}
+    assert float(terms["p"]["F"]) == pytest.approx(summary().factors[0].F)
+    assert float(terms["p"]["importance"]) == pytest.approx(summary().factors[0].importance)
 
 
 def test_json_has_everything() -> None:
@@ -300,18 +329,28 @@ def test_json_has_everything() -> None:
     assert data["reference_cell"] == REF and data["percent"] is True
     assert data["cells"][1]["std"] is None
     assert data["factors"][0]["levels"][0]["level"] == "1"
-    assert "Welch" in data["methods"]["test"]
+    assert "Welch" in data["methods"]["test"] and "paired" in data["methods"]["test"]
+    for c in data["cells"]:
+        assert {"test", "delta", "ci", "p_adjusted", "p_equivalence_adjusted", "mdd",
+                "seeds_needed", "verdict"} <= set(c)
+    worse = data["cells"][0]
+    assert worse["test"] == "paired t" and len(worse["ci"]) == 2 and worse["mdd"] > 0
+    for f in data["factors"]:
+        assert {"F", "p", "partial_eta_squared", "verdict", "importance"} <= set(f)
+    assert data["margin"] == pytest.approx(0.005) and data["conclusion"].startswith("With 3")
 
 
 def test_markdown_and_table_rows() -> None:
     md = to_markdown(summary())
     assert "| p=1 activation=tanh | 3 | 80.00 ± 1.00 |" in md
     assert "-11.00" in md and "Do p and the gate matter?" in md
+    assert "**Conclusion:** With 3 seeds per cell" in md and "| p | 1 |" in md
     console = Console(record=True, width=250)
     render(summary(), "table", console)
     text = console.export_text()
-    assert "p=2 activation=sigmoid" in text and "no detectable difference" in text
+    assert "p=2 activation=sigmoid" in text and "inconclusive (detects >= " in text
     assert "10 complete, 1 pruned, 1 failed, 1 waiting, 0 running" in text
+    assert summary().conclusion in text.replace("\n", " ")
     loss = to_markdown(summary("val_loss", maximize=False))
     assert "0.8000 ± 0.0100" in loss
 
@@ -379,7 +418,8 @@ def test_load_results_from_sqlite(tmp_path) -> None:
     for got, want in zip(loaded.cells, expected.cells, strict=True):
         assert (got.cell, got.n, got.verdict, got.pruned, got.failed) == (
             want.cell, want.n, want.verdict, want.pruned, want.failed)
-        assert got.mean == pytest.approx(want.mean) and got.p_holm == pytest.approx(want.p_holm)
+        assert got.mean == pytest.approx(want.mean)
+        assert got.p_adjusted == pytest.approx(want.p_adjusted)
     assert loaded.counts == expected.counts
 
 
@@ -397,3 +437,60 @@ def test_load_results_missing_sqlite_file_is_not_created(tmp_path) -> None:
     with pytest.raises(SummaryError, match="no storage file"):
         load_results(f"sqlite:///{path}", "p_act")
     assert not path.exists()
+
+
+# ----------------------------------------------------------------------------- margin
+def test_margin_decides_equivalence_and_the_seeds_needed() -> None:
+    close = "p=2 activation=sigmoid"
+    results = StudyResults(spec_dict(), REF, True, records(), "p_act")
+    default, wide = summarize(results, importance=False), summarize(
+        results, importance=False, margin=20.0)
+    assert default.margin == pytest.approx(0.005) and wide.margin == pytest.approx(0.2)
+    assert cell(default, close).verdict == "inconclusive"
+    assert cell(wide, close).verdict == "equivalent"  # within +-20 points
+    assert cell(wide, close).seeds_needed < cell(default, close).seeds_needed
+    stored = summarize(StudyResults({**spec_dict(), "margin": 20.0}, REF, True, records(),
+                                    "p_act"), importance=False)
+    assert cell(stored, close).verdict == "equivalent"  # the study's own margin
+    loss = summarize(StudyResults(spec_dict("val_loss"), REF, False, records(), "p_act"),
+                     importance=False)
+    assert loss.margin is None and cell(loss, close).p_equivalence is None
+    assert any("no margin for val_loss" in n for n in loss.notes)
+    with pytest.raises(SpecError, match="invalid margin"):
+        summarize(results, margin=0.0)
+
+
+def test_margin_in_the_spec_is_not_part_of_the_grid(tmp_path) -> None:
+    spec = StudySpec(vary=("p",), margin=1.0)
+    assert spec.to_dict()["margin"] == 1.0 and StudySpec.from_dict(spec.to_dict()).margin == 1.0
+    assert spec.fingerprint() == StudySpec(vary=("p",)).fingerprint()
+    assert spec.with_overrides(margin=2.0).margin == 2.0
+    assert spec.with_overrides(seeds=5).margin == 1.0
+    path = tmp_path / "s.toml"
+    path.write_text('vary = ["p"]\nmargin = 0.25\n')
+    assert load_study_file(path).margin == 0.25
+    assert build_spec(path, None, [], [], None, None, None, margin=2.0).margin == 2.0
+    for bad in ("-1", "true", '"big"'):
+        path.write_text(f'vary = ["p"]\nmargin = {bad}\n')
+        with pytest.raises(SpecError, match="margin"):
+            load_study_file(path)
+
+
+def test_summary_command_margin_overrides_the_stored_one(tmp_path) -> None:
+    from optuna.storages.journal import JournalFileBackend
+
+    url = str(tmp_path / "studies.journal")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _write_study(optuna.storages.JournalStorage(JournalFileBackend(url)))
+    runner = CliRunner()
+    base = ["summary", "p_act", "--storage", url, "--format", "json"]
+    default = json.loads(runner.invoke(app, base).output)
+    wide = json.loads(runner.invoke(app, [*base, "--margin", "20"]).output)
+    assert (default["margin"], wide["margin"]) == (pytest.approx(0.005), pytest.approx(0.2))
+    verdicts = {c["cell"]: c["verdict"] for c in wide["cells"]}
+    assert verdicts["p=2 activation=sigmoid"] == "equivalent"
+    bad = runner.invoke(app, [*base, "--margin", "0"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    table = runner.invoke(app, ["summary", "p_act", "--storage", url])
+    assert table.exit_code == 0 and "With 3 seeds per cell" in table.output
+    assert "inconclusive (detects >= " in table.output

@@ -22,6 +22,11 @@ from gct_ablate.cli._options import (
 )
 from gct_ablate.spec import TrialConfig, build_spec
 
+Margin = Annotated[float | None, typer.Option(
+    help="Smallest difference that matters, in points of the metric "
+    "(percentage points for accuracies; default 0.5; val_loss has none): cells within it "
+    "are 'equivalent'; also the study-file key `margin`.")]
+
 
 @app.command()
 @one_line_errors
@@ -42,6 +47,7 @@ def run(
         help="Study name (default: derived from what varies, e.g. vary-p-activation).")] = None,
     metric: Annotated[str | None, typer.Option(
         help="val_top1 (default), val_top5 or val_loss.")] = None,
+    margin: Margin = None,
     out: Out = DEFAULT_OUT,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
@@ -67,7 +73,8 @@ def run(
     """
     base = TrialConfig(device=device, threads=threads, data_dir=data_dir, download=download,
                        save_model=save_models)
-    spec = build_spec(study_file, vary, levels or [], set_ or [], seeds, study, metric, base)
+    spec = build_spec(study_file, vary, levels or [], set_ or [], seeds, study, metric, base,
+                      margin)
     check_format(fmt)
     from gct_ablate.study import run_study
     from gct_ablate.tracking import ui_command
@@ -194,10 +201,14 @@ def summary(
         help="Name of the study (default: the only study in the storage).")] = None,
     storage: Storage = None,
     out: Out = DEFAULT_OUT,
+    margin: Annotated[float | None, typer.Option(
+        help="Smallest difference that matters, in points of the "
+        "metric (percentage points for accuracies); overrides the study's for this "
+        "analysis (default: the study's, else 0.5 for accuracies).")] = None,
     fmt: Fmt = "table",
 ) -> None:
     """Summarise a study from stored results alone: per cell, per factor, verdicts."""
     from gct_ablate.study import load_summary
 
     check_format(fmt)
-    _print_summary(load_summary(study, out=out, storage=storage), fmt)
+    _print_summary(load_summary(study, out=out, storage=storage, margin=margin), fmt)
