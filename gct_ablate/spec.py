@@ -152,6 +152,10 @@ class StudySpec:
     # accuracies); None: the metric's default (0.5 for accuracies, none for val_loss). Not
     # part of the fingerprint: a study can be re-analysed with another margin.
     margin: float | None = None
+    # Adaptive seeds (``run --until-decided``): after ``seeds``, ``seed_batch`` more to the
+    # reference and every undecided cell per look, up to ``max_seeds``. None: a fixed design.
+    max_seeds: int | None = None
+    seed_batch: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -181,6 +185,12 @@ class StudySpec:
         if self.margin is not None and not (math.isfinite(self.margin) and self.margin > 0):
             raise SpecError(f"invalid margin {self.margin}; must be a positive number "
                             "(points of the metric)")
+        if (self.max_seeds is None) != (self.seed_batch is None):
+            raise SpecError("adaptive seeds need both max_seeds and seed_batch")
+        if self.seed_batch is not None and self.seed_batch < 1:
+            raise SpecError(f"invalid seed_batch {self.seed_batch}; must be >= 1")
+        if self.max_seeds is not None and self.max_seeds < self.seeds:
+            raise SpecError(f"max_seeds {self.max_seeds} is below seeds {self.seeds}")
         object.__setattr__(self, "vary", vary)
         object.__setattr__(self, "levels", {n: levels[n] for n in vary})
         object.__setattr__(self, "fixed", fixed)
@@ -232,13 +242,21 @@ class StudySpec:
                    fixed=dict(d.get("set", {})), seeds=int(d.get("seeds", 3)),
                    name=d.get("name"), question=d.get("question", ""),
                    metric=d.get("metric", "val_top1"), base=base or TrialConfig(),
-                   margin=None if d.get("margin") is None else float(d["margin"]))
+                   margin=None if d.get("margin") is None else float(d["margin"]),
+                   max_seeds=d.get("max_seeds"), seed_batch=d.get("seed_batch"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.study_name, "question": self.question, "vary": list(self.vary),
                 "levels": {k: list(v) for k, v in self.levels.items()},
                 "set": dict(self.fixed), "seeds": self.seeds, "metric": self.metric,
-                "margin": self.margin}
+                "margin": self.margin,
+                **({"max_seeds": self.max_seeds, "seed_batch": self.seed_batch}
+                   if self.adaptive else {})}
+
+    @property
+    def adaptive(self) -> bool:
+        """Seeds are added until every cell is decided (``run --until-decided``)."""
+        return self.max_seeds is not None
 
     def with_overrides(
         self,
@@ -251,6 +269,8 @@ class StudySpec:
         metric: str | None = None,
         base: TrialConfig | None = None,
         margin: float | None = None,
+        max_seeds: int | None = None,
+        seed_batch: int | None = None,
     ) -> StudySpec:
         """The command line over a study file: vary replaces, levels/set merge, rest replace."""
         new_vary = tuple(vary) if vary else self.vary
@@ -269,10 +289,13 @@ class StudySpec:
             name=name or self.name, question=self.question,
             metric=metric or self.metric, base=base or self.base,
             margin=self.margin if margin is None else margin,
+            max_seeds=self.max_seeds if max_seeds is None else max_seeds,
+            seed_batch=self.seed_batch if seed_batch is None else seed_batch,
         )
 
 
-_FILE_KEYS = {"name", "question", "vary", "levels", "set", "seeds", "metric", "margin"}
+_FILE_KEYS = {"name", "question", "vary", "levels", "set", "seeds", "metric", "margin",
+              "max_seeds", "seed_batch"}
 
 
 def load_study_file(path: str | Path) -> StudySpec:
@@ -308,6 +331,8 @@ def load_study_file(path: str | Path) -> StudySpec:
     margin = want("margin", (int, float), "a number (points of the metric)")
     if isinstance(margin, bool):
         raise SpecError(f"{path}: key 'margin' must be a number (points of the metric)")
+    max_seeds = want("max_seeds", int, "an integer (adaptive seeds: with seed_batch)")
+    seed_batch = want("seed_batch", int, "an integer (adaptive seeds: with max_seeds)")
     for k, v in levels.items():
         if not isinstance(v, list):
             raise SpecError(f"{path}: levels.{k} must be a list")
@@ -324,6 +349,7 @@ def load_study_file(path: str | Path) -> StudySpec:
             question=question,
             metric=metric,
             margin=None if margin is None else float(margin),
+            max_seeds=max_seeds, seed_batch=seed_batch,
         )
     except SpecError as err:
         raise SpecError(f"{path}: {err}") from None

@@ -90,6 +90,7 @@ def run_study(
     heartbeat: int = HEARTBEAT_INTERVAL,
     console: Any = None,
     on_plan: Callable[[StudyPlan], None] | None = None,
+    on_look: Callable[[Any, int], None] | None = None,
 ) -> Summary:
     """Create or resume the study, run every queued cell x seed, and summarise it.
 
@@ -100,6 +101,10 @@ def run_study(
     (None: no display). ``on_plan`` is called once the grid is queued, before training.
     Calling it again resumes: finished cells are skipped. The summary is logged to the
     study's MLflow parent run, which is finished once no trial is left.
+
+    An adaptive spec (``max_seeds`` and ``seed_batch`` set) adds seeds look by look until
+    every cell is decided (:mod:`gct_ablate.adaptive`); ``on_look(result, seeds queued)``
+    is called after each look. A study started adaptive stays so when resumed.
     """
     from gct_ablate.runner import run_workers
 
@@ -111,6 +116,7 @@ def run_study(
     existing = _find(opened, spec.study_name)
     if existing is not None:  # before touching any store: tracked elsewhere is refused
         check_tracking_uri(existing, uri)
+        spec = _keep_schedule(existing, spec)
     check_tracking(uri)
     preflight_data(spec)
     tracker = Tracker(uri, artifact_root=out / "mlartifacts")
@@ -125,11 +131,37 @@ def run_study(
     opts = WorkerOptions(study_name=spec.study_name, storage=storage, out_dir=str(out),
                          base=spec.base, tracking_uri=tracking_uri, pruner=pruner,
                          heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
-    failed = run_workers(opts, n_workers, spec.config(()).epochs, console)
-    if failed and console is not None:
-        console.print(f"[red]{len(failed)} worker process(es) stopped with an error "
-                      f"(exit {', '.join(map(str, failed))}); their trials were re-queued[/]")
+    epochs = spec.config(()).epochs
+
+    def work() -> None:
+        failed = run_workers(opts, n_workers, epochs, console)
+        if failed and console is not None:
+            console.print(f"[red]{len(failed)} worker process(es) stopped with an error "
+                          f"(exit {', '.join(map(str, failed))}); their trials were "
+                          "re-queued[/]")
+
+    if spec.adaptive:
+        from gct_ablate.adaptive import run_until_decided
+
+        run_until_decided(prepared.study, opened, spec, work, on_look=on_look)
+    else:
+        work()
     return finish_study(opened, spec.study_name, tracker, out, margin=spec.margin)
+
+
+def _keep_schedule(existing: Any, spec: StudySpec) -> StudySpec:
+    """A resumed adaptive study keeps its stored look schedule (refused if changed)."""
+    import dataclasses
+
+    from gct_ablate.adaptive import check_same_schedule
+
+    stored = existing.user_attrs.get("spec") or {}
+    check_same_schedule(stored, spec)
+    if spec.adaptive or not stored.get("max_seeds"):
+        return spec
+    return dataclasses.replace(spec, seeds=int(stored["seeds"]),
+                               max_seeds=int(stored["max_seeds"]),
+                               seed_batch=int(stored["seed_batch"]))
 
 
 def finish_study(storage: Any, name: str, tracker: Tracker, out: Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -48,6 +49,14 @@ def run(
     metric: Annotated[str | None, typer.Option(
         help="val_top1 (default), val_top5 or val_loss.")] = None,
     margin: Margin = None,
+    until_decided: Annotated[bool, typer.Option(
+        help="Adaptive seeds: after the first --seeds, add --seed-batch seeds to the "
+        "reference and every inconclusive cell per look, until every cell is decided or "
+        "--max-seeds is reached (error rate held over the planned looks).")] = False,
+    max_seeds: Annotated[int, typer.Option(
+        min=1, help="--until-decided: seeds per cell at most.")] = 12,
+    seed_batch: Annotated[int, typer.Option(
+        min=1, help="--until-decided: seeds added per look.")] = 3,
     out: Out = DEFAULT_OUT,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
@@ -75,6 +84,9 @@ def run(
                        save_model=save_models)
     spec = build_spec(study_file, vary, levels or [], set_ or [], seeds, study, metric, base,
                       margin)
+    if until_decided:
+        spec = dataclasses.replace(spec, max_seeds=max(max_seeds, spec.seeds),
+                                   seed_batch=seed_batch)
     check_format(fmt)
     from gct_ablate.study import run_study
     from gct_ablate.tracking import ui_command
@@ -85,12 +97,15 @@ def run(
         result = run_study(spec, out=out, storage=storage, tracking_uri=tracking_uri,
                            workers=workers, pruner=pruner, retry_failed=retry_failed,
                            heartbeat=heartbeat, console=console,
-                           on_plan=lambda plan: plans.append(_print_plan(plan)))
+                           on_plan=lambda plan: plans.append(_print_plan(plan)),
+                           on_look=_print_look)
     except (KeyboardInterrupt, Interrupted):
         err_console.print("[yellow]Interrupted.[/] Running trials were re-queued; run the "
                           "same command again to resume.")
         raise typer.Exit(130) from None
     _print_summary(result, fmt)
+    if result.schedule:
+        _print_undecided(result)
     console.print(f"\nOpen the runs in MLflow:  [bold]{ui_command(plans[0].tracking_uri)}[/]")
     console.print(f"Summary again later:     gct-ablate summary {spec.study_name}"
                   + (f" --storage {mask_url(storage)}" if storage else f" --out {out}"))
@@ -105,6 +120,31 @@ def _print_plan(plan: Any) -> Any:
         console.print(f"[yellow]{plan.failed_left} failed trial(s) left as they are; "
                       "pass --retry-failed to run them again[/]")
     return plan
+
+
+def _print_look(result: Any, queued: int) -> None:
+    """One line per judged look of ``--until-decided``."""
+    n_looks, undecided = result.schedule.n_looks, result.undecided
+    decided = len(result.cells) - len(undecided)
+    line = (f"[bold]look {result.look} of {n_looks}[/] "
+            f"({result.schedule.seeds_at(result.look)} seeds, alpha {result.alpha_look:.3g} "
+            f"per look): {decided} cell(s) decided, {len(undecided)} inconclusive")
+    if queued:
+        line += f"; {queued} more trial(s) queued for the next look"
+    console.print(line, highlight=False)
+
+
+def _print_undecided(summary: Any) -> None:
+    """After --until-decided: the cells that stayed inconclusive, and what they would need."""
+    left = [c for c in summary.cells if not c.is_reference and c.verdict.startswith(
+        "inconclusive")]
+    if not left:
+        console.print("[green]Every cell is decided.[/]")
+    for c in left:
+        need = (f"needs about {c.seeds_needed} seeds per cell to detect the margin"
+                if c.seeds_needed else "needs more seeds (no estimate: too little data)")
+        console.print(f"[yellow]{c.cell}[/]: inconclusive after {c.n} seeds; {need}",
+                      highlight=False)
 
 
 def _print_summary(result: Any, fmt: str) -> None:
