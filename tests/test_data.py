@@ -293,11 +293,11 @@ def test_fashion_mnist_is_found_where_debian_installs_it() -> None:
 
 def test_fashion_mnist_trains_for_real() -> None:
     """A real run on a fixed subset of real images lands far above chance (10 %)."""
-    cfg = TrialConfig(dataset="fashion-mnist", train_size=2000, val_size=1000, epochs=1,
-                      batch_size=64, warmup_epochs=0, threads=2)
+    cfg = TrialConfig(dataset="fashion-mnist", train_size=1000, val_size=500, epochs=1,
+                      batch_size=16, lr=0.05, warmup_epochs=0, threads=1)
     m = train_eval(cfg)
     assert m["status"] == "ok" and m["epochs_done"] == 1
-    assert m["val_top1"] >= 0.55, m
+    assert m["val_top1"] >= 0.5, m  # 0.644 when measured
 
 
 # ----------------------------------------------------------------------------- subsets
