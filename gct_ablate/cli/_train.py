@@ -28,6 +28,8 @@ def factors() -> None:
             allowed = "any number >= 1, inf, gap"
         elif f.name == "placement":
             allowed = "every-conv, block, after-block, none, stages=1+2, every=K"
+        elif f.name in ("train_size", "val_size", "image_size"):
+            allowed = f"positive integer, {f.reference}"
         elif f.choices is None and f.group == "training":
             allowed = "number" if f.name not in ("beta_decay",) else "true, false"
         table.add_row(f.name, ", ".join(f.levels), f.reference, allowed, f.help)

@@ -13,7 +13,11 @@ import torch.nn.functional as F
 from gct_ablate.data import _sources
 from gct_ablate.data._memory import Dataset
 from gct_ablate.data._splits import stratified_subset
-from gct_ablate.data._stream import DEFAULT_MEMORY_BUDGET_GB, default_loader_workers
+from gct_ablate.data._stream import (
+    DEFAULT_MEMORY_BUDGET_GB,
+    StreamDataset,
+    default_loader_workers,
+)
 from gct_ablate.errors import DataError
 from gct_ablate.factors import DATASETS
 
@@ -38,7 +42,7 @@ def load_dataset(
     stream: bool | None = None,
     memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
     loader_workers: int | None = None,
-) -> Any:
+) -> Dataset | StreamDataset:
     """Load ``name`` on the CPU, cached per process (same arguments, same object): a
     :class:`Dataset`, or a :class:`StreamDataset` for a streamed image folder.
 

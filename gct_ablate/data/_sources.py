@@ -17,7 +17,7 @@ from gct_ablate.data._splits import stratified_split, stratified_subset
 from gct_ablate.data._stream import (
     STREAM_IMAGE_SIZE,
     StreamDataset,
-    _select,
+    select_samples,
     should_stream,
 )
 from gct_ablate.errors import DataError
@@ -194,7 +194,7 @@ def _folders(root: Path, val_fraction: float) -> tuple[Any, Any]:
         return train, val
     full = _scan(root)
     train_idx, val_idx = stratified_split(full.targets, val_fraction)
-    return _select(full, train_idx), _select(full, val_idx)
+    return select_samples(full, train_idx), select_samples(full, val_idx)
 
 
 def imagefolder(root: Path, val_fraction: float, image_size: int | None, train_size: int | None,
@@ -203,10 +203,10 @@ def imagefolder(root: Path, val_fraction: float, image_size: int | None, train_s
     """Class folders in memory at ``image_size`` (default 64), or streamed (default 224)
     when ``stream`` is True, or None and the in-memory tensors would exceed ``budget_gb``."""
     train, val = _folders(root, val_fraction)
-    where = f"{root}'s %s split"
-    train = _select(train, stratified_subset(train.targets, train_size, "train_size",
-                                             where % "training"))
-    val = _select(val, stratified_subset(val.targets, val_size, "val_size", where % "validation"))
+    train = select_samples(train, stratified_subset(train.targets, train_size, "train_size",
+                                                    f"{root}'s training split"))
+    val = select_samples(val, stratified_subset(val.targets, val_size, "val_size",
+                                                f"{root}'s validation split"))
     classes = tuple(train.classes)
     n = len(train.samples) + len(val.samples)
     if stream is None:

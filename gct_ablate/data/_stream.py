@@ -95,8 +95,8 @@ class StreamDataset:
 
     def subset(self, train: Sequence[int] | None, val: Sequence[int] | None) -> StreamDataset:
         """A copy holding only the given images of each split (None keeps all)."""
-        return dataclasses.replace(self, train_set=_select(self.train_set, train),
-                                   val_set=_select(self.val_set, val))
+        return dataclasses.replace(self, train_set=select_samples(self.train_set, train),
+                                   val_set=select_samples(self.val_set, val))
 
     def batches(
         self,
@@ -147,7 +147,7 @@ class StreamDataset:
         return self._loaders[key]
 
 
-def _select(folder: Any, index: Sequence[int] | None) -> Any:
+def select_samples(folder: Any, index: Sequence[int] | None) -> Any:
     """A shallow copy of an ImageFolder holding only the samples at ``index``."""
     if index is None:
         return folder
