@@ -184,7 +184,7 @@ FACTORS: dict[str, Factor] = {
            "data: digits (bundled with scikit-learn), fashion-mnist (Debian's "
            "dataset-fashion-mnist), mnist, cifar10, cifar100, imagefolder, fake",
            group="training", choices=DATASETS),
-        _f("train_size", _size("train_size", "all"), ("1000", "5000", "all"), "all",
+        _f("train_size", _size("train_size", "all"), ("500", "1000", "all"), "all",
            "training images: a stratified subset fixed by the split (not the seed), or all",
            group="training"),
         _f("val_size", _size("val_size", "all"), ("all",), "all",

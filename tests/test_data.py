@@ -533,3 +533,15 @@ def test_streamed_training_end_to_end(jpeg_tree: Path, workers: int) -> None:
     assert m["curve"][0].val_top1 == m["val_top1"]
     if workers:  # the same seed, the same numbers, with worker processes too
         assert train_eval(cfg)["train_loss"] == m["train_loss"]
+
+
+def test_train_size_as_a_study_axis() -> None:
+    """`--vary train_size` (a learning curve): its default levels fit every dataset."""
+    from gct_ablate.spec import StudySpec
+
+    spec = StudySpec(vary=("train_size",), fixed={"val_size": "100"})
+    sizes = []
+    for cell in spec.cells():
+        data = load_dataset("digits", **spec.config(cell, seed=1).data_options())
+        sizes.append((data.size("train"), data.size("val")))
+    assert sizes == [(500, 100), (1000, 100), (1437, 100)]
