@@ -43,7 +43,7 @@ IMAGEFOLDER_SIZE = 64  # in-memory side when image_size is not given
 
 def normalize(train: Tensor, val: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
     mean, std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
-    return (train - mean) / std, (val - mean) / std
+    return (train - mean).div_(std), (val - mean).div_(std)  # one temporary each, not two
 
 
 def digits(val_fraction: float) -> Dataset:
@@ -93,9 +93,9 @@ def idx_dataset(name: str, root: Path, download: bool) -> Dataset:
     for split in ("train", "val"):
         image_path, label_path = (_idx_file(folder, stem) for stem in IDX_FILES[split])
         images, labels = read_idx(image_path, hint), read_idx(label_path, hint)
-        if images.ndim != 3 or images.dtype != np.uint8:
+        if images.ndim != 3 or images.dtype != np.uint8 or 0 in images.shape:
             raise DataError(f"{image_path}: {images.dtype} array of shape {images.shape}, not "
-                            f"uint8 images (N, H, W); {hint}")
+                            f"uint8 images (N, H, W), N > 0; {hint}")
         if labels.shape != images.shape[:1] or labels.dtype != np.uint8 or \
                 int(labels.max(initial=0)) >= len(classes):
             raise DataError(f"{label_path}: not {images.shape[0]} uint8 labels below "
