@@ -102,6 +102,20 @@ def _boolean(name: str) -> Callable[[Any], bool]:
     return parse
 
 
+def _size(name: str, word: str) -> Callable[[Any], int | str]:
+    """A positive number of images or pixels, or ``word`` ('all', 'auto') for the default."""
+
+    def parse(raw: Any) -> int | str:
+        text = word if raw is None else _text(raw).lower()
+        if text == word:
+            return word
+        if not text.isdigit() or int(text) < 1:
+            raise FactorError(f"invalid {name} {text!r}; expected a positive integer or {word}")
+        return int(text)
+
+    return parse
+
+
 PLACEMENT_NAMES = ("every-conv", "block", "after-block", "none")
 
 
@@ -126,7 +140,7 @@ def parse_placement(raw: Any) -> str:
 REMOVALS = ("none", "alpha", "beta", "alpha+beta", "gamma-fixed")
 ATTENTIONS = ATTENTION_KINDS
 MODELS = ("resnet20", "resnet32", "resnet56", "resnet110", "resnet18", "resnet34", "resnet50")
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "fake")
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "fake")
 SCHEDULES = ("cosine", "step")
 
 
@@ -167,8 +181,18 @@ FACTORS: dict[str, Factor] = {
            "backbone: CIFAR ResNet-20/32/56/110 or torchvision ResNet-18/34/50",
            group="training", choices=MODELS),
         _f("dataset", _choice("dataset", DATASETS), ("digits",), "digits",
-           "data: digits (offline, bundled with scikit-learn), cifar10, cifar100, "
-           "imagefolder, fake", group="training", choices=DATASETS),
+           "data: digits (bundled with scikit-learn), fashion-mnist (Debian's "
+           "dataset-fashion-mnist), mnist, cifar10, cifar100, imagefolder, fake",
+           group="training", choices=DATASETS),
+        _f("train_size", _size("train_size", "all"), ("500", "1000", "all"), "all",
+           "training images: a stratified subset fixed by the split (not the seed), or all",
+           group="training"),
+        _f("val_size", _size("val_size", "all"), ("all",), "all",
+           "validation images: a stratified subset fixed by the split, or all",
+           group="training"),
+        _f("image_size", _size("image_size", "auto"), ("auto",), "auto",
+           "image side in pixels; auto: the dataset's own (imagefolder 64, streamed 224)",
+           group="training"),
         _f("epochs", _number("epochs", int, 1, False), ("10",), "10",
            "training epochs", group="training"),
         _f("batch_size", _number("batch_size", int, 1, False), ("64", "128"), "128",

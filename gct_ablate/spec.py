@@ -71,10 +71,16 @@ class TrialConfig:
     schedule: str = "cosine"
     warmup_epochs: int = 1
     label_smoothing: float = 0.0
+    train_size: int | str = "all"  # a number of images, or "all"
+    val_size: int | str = "all"
+    image_size: int | str = "auto"  # pixels, or "auto" (the dataset's own)
     # --- not factors: the replicate and how/where to run
     seed: int = 0
     data_dir: str | None = None
     download: bool = False
+    stream: bool | None = None  # imagefolder: None streams above memory_budget_gb
+    memory_budget_gb: float = 2.0
+    loader_workers: int | None = None  # streaming DataLoader processes; None: cores, <= 8
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | none
     channels_last: bool | None = None  # None: on for CUDA
@@ -94,6 +100,10 @@ class TrialConfig:
             raise SpecError(f"invalid seed {self.seed}; must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise SpecError(f"invalid threads {self.threads}; must be >= 1")
+        if not self.memory_budget_gb > 0:
+            raise SpecError(f"invalid memory_budget_gb {self.memory_budget_gb}; must be > 0")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise SpecError(f"invalid loader_workers {self.loader_workers}; must be >= 0")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise SpecError(f"invalid amp {self.amp!r}; valid: auto, bf16, fp16, none")
 
@@ -103,6 +113,16 @@ class TrialConfig:
     def factor_levels(self) -> dict[str, str]:
         """Canonical text of every factor (what MLflow params hold)."""
         return {name: FACTORS[name].format(getattr(self, name)) for name in FACTORS}
+
+    def data_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``gct_ablate.data.load_dataset`` for this configuration."""
+        def number(value: int | str) -> int | None:
+            return value if isinstance(value, int) else None
+
+        return dict(data_dir=self.data_dir, download=self.download,
+                    train_size=number(self.train_size), val_size=number(self.val_size),
+                    image_size=number(self.image_size), stream=self.stream,
+                    memory_budget_gb=self.memory_budget_gb, loader_workers=self.loader_workers)
 
     def attention_options(self) -> dict[str, Any]:
         """Keyword options of ``make_attention`` for this configuration."""

@@ -70,12 +70,17 @@ def default_workers() -> int:
 
 
 def preflight_data(spec: StudySpec) -> None:
-    """Fail before any training when a dataset of the grid cannot be loaded."""
+    """Fail before any training when the data of a cell cannot be loaded (a dataset not
+    found, a train_size above the dataset's size...)."""
     from gct_ablate.data import load_dataset
 
-    datasets = spec.levels.get("dataset") or (spec.config(()).dataset,)
-    for name in datasets:
-        load_dataset(name, data_dir=spec.base.data_dir, download=spec.base.download)
+    seen = set()
+    for cell in spec.cells():
+        cfg = spec.config(cell)
+        key = (cfg.dataset, tuple(sorted(cfg.data_options().items())))
+        if key not in seen:
+            seen.add(key)
+            load_dataset(cfg.dataset, **cfg.data_options())
 
 
 def run_study(

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from gct_ablate._util import raise_pending
-from gct_ablate.data import Dataset, load_dataset
+from gct_ablate.data import Data, load_dataset
 from gct_ablate.gct import GCT, _kernel
 from gct_ablate.models import attention_modules, build_model, count_parameters
 from gct_ablate.spec import TrialConfig
 
 Report = Callable[[int, dict[str, float]], None]
-OnEnd = Callable[[nn.Module, Dataset, torch.device], dict[str, Any] | None]
+OnEnd = Callable[[nn.Module, Data, torch.device], dict[str, Any] | None]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -77,14 +77,14 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrialConfig) -> float:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Dataset, batch_size: int, autocast: Any = nullcontext
+    model: nn.Module, data: Data, batch_size: int, autocast: Any = nullcontext
 ) -> dict[str, float]:
     """Validation loss, top-1 and top-5 accuracy (fractions)."""
     model.eval()
     k = min(5, data.num_classes)
-    loss = torch.zeros((), device=data.val_x.device)
-    top1 = torch.zeros((), device=data.val_x.device)
-    topk = torch.zeros((), device=data.val_x.device)
+    loss = torch.zeros((), device=data.device)
+    top1 = torch.zeros((), device=data.device)
+    topk = torch.zeros((), device=data.device)
     for x, y in data.batches("val", max(batch_size, 256), shuffle=False, augment=False):
         with autocast():
             logits = model(x)
@@ -94,7 +94,7 @@ def evaluate(
         hit = pred.eq(y[:, None])
         top1 += hit[:, 0].sum()
         topk += hit.any(dim=1).sum()
-    n = data.val_y.numel()
+    n = data.size("val")
     return {"val_loss": loss.item() / n, "val_top1": top1.item() / n, "val_top5": topk.item() / n}
 
 
@@ -107,10 +107,10 @@ def gct_implementation(cfg: TrialConfig, device: torch.device) -> str:
     return "C kernel" if _kernel.library() is not None else _kernel.describe()
 
 
-def build_trial(cfg: TrialConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, Dataset]:
+def build_trial(cfg: TrialConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, Data]:
     """The model (at its initial weights for the current RNG state) and the data of a trial,
     both on ``device``."""
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download).to(device)
+    data = load_dataset(cfg.dataset, **cfg.data_options()).to(device)
     model = build_model(
         cfg.model, data.num_classes, data.in_channels,
         attention=cfg.attention, placement=cfg.placement,
@@ -166,11 +166,11 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None
         param_groups(model, cfg.weight_decay, cfg.beta_decay),
         lr=cfg.lr, momentum=0.9, nesterov=True,
     )
-    steps_per_epoch = math.ceil(data.train_y.numel() / cfg.batch_size)
+    steps_per_epoch = data.num_batches("train", cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg)
     )
-    generator = torch.Generator(device=data.train_x.device).manual_seed(cfg.seed)
+    generator = data.generator(cfg.seed)
     metrics: dict[str, Any] = {"val_loss": math.nan, "val_top1": 0.0, "val_top5": 0.0}
     status, epochs_done, train_loss = "ok", 0, math.nan
     for epoch in range(1, cfg.epochs + 1):

@@ -87,7 +87,7 @@ def finetune(model: nn.Module, data: Dataset, cfg: TrialConfig, epochs: int) -> 
                                 lr=0.1 * cfg.lr, momentum=0.9, nesterov=True)
     steps = epochs * data.num_batches("train", cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
-    generator = torch.Generator(device=data.train_x.device).manual_seed(cfg.seed)
+    generator = data.generator(cfg.seed)
     model.train()
     for _ in range(epochs):
         for x, y in data.batches("train", cfg.batch_size, shuffle=True, generator=generator,

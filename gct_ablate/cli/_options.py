@@ -32,8 +32,10 @@ TrackingUri = Annotated[str | None, typer.Option(
 Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N.")]
 Threads = Annotated[int | None, typer.Option(
     min=1, help="torch threads per worker (default: cores / workers).")]
-DataDir = Annotated[str | None, typer.Option(help="Dataset folder (cifar10/100, imagefolder).")]
-Download = Annotated[bool, typer.Option(help="Allow downloading CIFAR into --data-dir.")]
+DataDir = Annotated[str | None, typer.Option(
+    help="Dataset folder (mnist, fashion-mnist, cifar10/100, imagefolder); see docs/data.md.")]
+Download = Annotated[bool, typer.Option(
+    help="Allow downloading MNIST, Fashion-MNIST or CIFAR into --data-dir.")]
 Fmt = Annotated[str, typer.Option("--format", help=", ".join(OUTPUT_FORMATS) + ".")]
 Heartbeat = Annotated[int, typer.Option(
     min=1, help="RDB storages: heartbeat interval (s); a worker silent for 3x this is "

@@ -28,6 +28,8 @@ def factors() -> None:
             allowed = "any number >= 1, inf, gap"
         elif f.name == "placement":
             allowed = "every-conv, block, after-block, none, stages=1+2, every=K"
+        elif f.name in ("train_size", "val_size", "image_size"):
+            allowed = f"positive integer, {f.reference}"
         elif f.choices is None and f.group == "training":
             allowed = "number" if f.name not in ("beta_decay",) else "true, false"
         table.add_row(f.name, ", ".join(f.levels), f.reference, allowed, f.help)
@@ -57,6 +59,9 @@ def train(
     schedule: Annotated[str, factor_option("schedule")] = "cosine",
     warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 1,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.0,
+    train_size: Annotated[str, factor_option("train_size")] = "all",
+    val_size: Annotated[str, factor_option("val_size")] = "all",
+    image_size: Annotated[str, factor_option("image_size")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same numbers on CPU).")] = 0,
     device: Device = "auto",
     amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA), bf16, fp16, none.")] = "auto",
@@ -68,6 +73,15 @@ def train(
         help="Memory saver: GCT output recomputed in backward instead of stored.")] = False,
     data_dir: DataDir = None,
     download: Download = False,
+    stream: Annotated[bool | None, typer.Option(
+        "--stream/--no-stream", help="imagefolder: stream from disk through DataLoader workers "
+        "(default: when the images would take more than --memory-budget-gb in memory).")]
+    = None,
+    memory_budget_gb: Annotated[float, typer.Option(
+        help="imagefolder: the in-memory budget above which it streams.")] = 2.0,
+    loader_workers: Annotated[int | None, typer.Option(
+        min=0, help="Streaming: DataLoader worker processes (default: cores, at most 8).")]
+    = None,
 ) -> None:
     """Train one configuration and print its metrics (no Optuna, no MLflow)."""
     cfg = TrialConfig(
@@ -77,7 +91,9 @@ def train(
         weight_decay=weight_decay, beta_decay=beta_decay, schedule=schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, device=device,
         amp=amp, channels_last=channels_last, threads=threads, compile=compile,
-        recompute=recompute, data_dir=data_dir, download=download,
+        recompute=recompute, data_dir=data_dir, download=download, train_size=train_size,
+        val_size=val_size, image_size=image_size, stream=stream,
+        memory_budget_gb=memory_budget_gb, loader_workers=loader_workers,
     )
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table

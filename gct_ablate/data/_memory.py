@@ -1,0 +1,130 @@
+"""In-memory datasets: float32 normalized NCHW tensors, batched augmentation (airbench style).
+
+``Dataset.to(device)`` moves every tensor once; augmentation (random translation by padding
+and cropping, plus horizontal flips for natural images) is done on whole batches with
+tensor ops, deterministic for a given ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gct_ablate.data._base import check_split, count_batches
+
+AUGMENTS = ("none", "crop", "crop-flip")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and validation tensors: x float32 normalized NCHW, y int64.
+
+    ``augment`` is "none", "crop" (random translation by up to ``pad`` pixels) or
+    "crop-flip" (translation plus horizontal flip); ``pad_mode`` is F.pad's mode.
+    """
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    num_classes: int
+    in_channels: int
+    image_size: int
+    augment: str = "none"
+    pad: int = 4
+    pad_mode: str = "reflect"
+    classes: tuple[str, ...] = ()
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """A copy with every tensor on ``device`` (the cached CPU copy is not changed)."""
+        moved = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "val_x", "val_y")}
+        return dataclasses.replace(self, **moved)
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def size(self, split: str) -> int:
+        return self._split(split)[1].numel()
+
+    def num_batches(self, split: str, batch_size: int, drop_last: bool = False) -> int:
+        return count_batches(self.size(split), batch_size, drop_last)
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A generator for :meth:`batches`, on the data's device (no host round trips)."""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def labels(self, split: str) -> list[int]:
+        return self._split(split)[1].tolist()
+
+    def subset(self, train: Sequence[int] | None, val: Sequence[int] | None) -> Dataset:
+        """A copy holding only the given images of each split (None keeps all)."""
+        changes = {}
+        for split, index in (("train", train), ("val", val)):
+            if index is not None:
+                x, y = self._split(split)
+                idx = torch.as_tensor(index, dtype=torch.int64, device=y.device)
+                changes[f"{split}_x"], changes[f"{split}_y"] = x[idx], y[idx]
+        return dataclasses.replace(self, **changes)
+
+    def _split(self, split: str) -> tuple[Tensor, Tensor]:
+        check_split(split)
+        return (self.train_x, self.train_y) if split == "train" else (self.val_x, self.val_y)
+
+    def batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        augment: bool,
+        drop_last: bool = False,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of (x, y) batches; the last may be smaller unless ``drop_last``.
+
+        Random numbers come from ``generator`` (on its own device, else the global CPU one)
+        and are moved to the data's device, so results are reproducible given the generator.
+        """
+        x, y = self._split(split)
+        n = y.numel()
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        order = (torch.randperm(n, generator=generator, device=gen_device).to(y.device)
+                 if shuffle else None)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            if order is None:
+                xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            else:
+                idx = order[start:start + batch_size]
+                xb, yb = x[idx], y[idx]
+            if augment and self.augment != "none":
+                xb = augment_batch(xb, self.pad, flip=self.augment == "crop-flip",
+                                   pad_mode=self.pad_mode, generator=generator)
+            yield xb, yb
+
+
+def augment_batch(x: Tensor, pad: int, *, flip: bool, pad_mode: str = "reflect",
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Random translation of each image by up to ``pad`` pixels (pad, then crop), and a
+    horizontal flip with probability 1/2 if ``flip``; vectorized over the batch."""
+    b, _, h, w = x.shape
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad), mode=pad_mode)
+        shift = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=gen_device)
+        shift = shift.to(x.device)
+        rows = (shift[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (shift[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        padded = padded.gather(2, rows.expand(b, x.shape[1], h, padded.shape[3]))
+        x = padded.gather(3, cols.expand(b, x.shape[1], h, w))
+    if flip:
+        mask = torch.rand(b, generator=generator, device=gen_device).to(x.device) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
