@@ -114,6 +114,7 @@ def run_study(
     from gct_ablate.runner import run_workers
 
     make_pruner(pruner)
+    preflight_data(spec)  # bad data: refused before any folder or store is made
     out = output_dir(out)
     uri = resolve_tracking_uri(out, tracking_uri)
     opened = open_storage(storage, out, heartbeat_interval=heartbeat,
@@ -123,7 +124,6 @@ def run_study(
         check_tracking_uri(existing, uri)
         spec = _keep_schedule(existing, spec)
     check_tracking(uri)
-    preflight_data(spec)
     tracker = Tracker(uri, artifact_root=out / "mlartifacts")
     prepared = prepare_study(spec, opened, tracker, retry_failed=retry_failed)
     n_workers = workers or default_workers()
