@@ -7,6 +7,7 @@ A study file is TOML (see ``studies/``)::
     vary = ["p"]
     seeds = 3
     metric = "val_top1"
+    design = "full"                 # or "ofat", "gsd=4" (see gct_ablate.designs)
     [levels]                        # optional overrides of the default levels
     p = [1, 2, 3, "inf", "gap"]
     [set]                           # factors held fixed
@@ -17,14 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gct_ablate import designs
 from gct_ablate.errors import FactorError, SpecError
 from gct_ablate.factors import (
     FACTORS,
@@ -133,6 +135,18 @@ def parse_cell_id(text: str) -> Cell:
     return tuple(tuple(part.split("=", 1)) for part in text.split())  # type: ignore[misc]
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9._=-]{0,199}")
+NAME_RULE = ("letters, digits and . _ - = only, no leading dot, at most 200 characters")
+
+
+def check_name(name: str, what: str = "study name") -> str:
+    """``name`` if it is safe as a file or folder name (study names become MLflow artifact
+    folders and figure files), else a one-line SpecError naming the allowed form."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise SpecError(f"invalid {what} {str(name)[:80]!r}; use {NAME_RULE}")
+    return name
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """A grid over factors, replicated over seeds."""
@@ -145,6 +159,7 @@ class StudySpec:
     question: str = ""
     metric: str = "val_top1"
     base: TrialConfig = field(default_factory=TrialConfig)  # non-factor run options
+    design: str = "full"  # which cells run: full, ofat or gsd=R (gct_ablate.designs)
 
     def __post_init__(self) -> None:
         try:
@@ -171,10 +186,17 @@ class StudySpec:
             raise SpecError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
         if self.name is not None and not self.name.strip():
             raise SpecError("study name is empty")
+        if self.name is not None:
+            check_name(self.name.strip())
+        design = designs.parse_design(self.design)
         object.__setattr__(self, "vary", vary)
         object.__setattr__(self, "levels", {n: levels[n] for n in vary})
         object.__setattr__(self, "fixed", fixed)
+        object.__setattr__(self, "design", design)
         self.config(())  # validates the fixed values against TrialConfig
+        designs.check_size(design, self.levels)
+        object.__setattr__(self, "_cells", designs.design_cells(
+            design, self.vary, self.levels, self.reference_cell()))
 
     @property
     def study_name(self) -> str:
@@ -188,9 +210,9 @@ class StudySpec:
         return self.metric != "val_loss"
 
     def cells(self) -> list[Cell]:
-        """The grid, in a stable order (first factor varies slowest)."""
-        axes = [[(n, lv) for lv in self.levels[n]] for n in self.vary]
-        return [tuple(c) for c in itertools.product(*axes)]
+        """The design's cells in a stable order: the full grid's (first factor varies
+        slowest), or for ofat the reference cell first (see :mod:`gct_ablate.designs`)."""
+        return list(self._cells)  # type: ignore[attr-defined]
 
     def reference_cell(self) -> Cell:
         """The cell at the paper's reference levels (else the first level of that factor)."""
@@ -212,6 +234,8 @@ class StudySpec:
         """Hash of the grid (not of the seed count, so a study can grow more seeds)."""
         grid = {"vary": list(self.vary), "levels": {k: list(v) for k, v in self.levels.items()},
                 "fixed": dict(sorted(self.fixed.items())), "metric": self.metric}
+        if self.design != "full":  # the full grid's fingerprint is the one it always had
+            grid["design"] = self.design
         return hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -221,12 +245,14 @@ class StudySpec:
                    levels={k: tuple(v) for k, v in d.get("levels", {}).items()},
                    fixed=dict(d.get("set", {})), seeds=int(d.get("seeds", 3)),
                    name=d.get("name"), question=d.get("question", ""),
-                   metric=d.get("metric", "val_top1"), base=base or TrialConfig())
+                   metric=d.get("metric", "val_top1"), base=base or TrialConfig(),
+                   design=d.get("design", "full"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.study_name, "question": self.question, "vary": list(self.vary),
                 "levels": {k: list(v) for k, v in self.levels.items()},
-                "set": dict(self.fixed), "seeds": self.seeds, "metric": self.metric}
+                "set": dict(self.fixed), "seeds": self.seeds, "metric": self.metric,
+                "design": self.design}
 
     def with_overrides(
         self,
@@ -238,6 +264,7 @@ class StudySpec:
         name: str | None = None,
         metric: str | None = None,
         base: TrialConfig | None = None,
+        design: str | None = None,
     ) -> StudySpec:
         """The command line over a study file: vary replaces, levels/set merge, rest replace."""
         new_vary = tuple(vary) if vary else self.vary
@@ -255,10 +282,11 @@ class StudySpec:
             seeds=self.seeds if seeds is None else seeds,
             name=name or self.name, question=self.question,
             metric=metric or self.metric, base=base or self.base,
+            design=design or self.design,
         )
 
 
-_FILE_KEYS = {"name", "question", "vary", "levels", "set", "seeds", "metric"}
+_FILE_KEYS = {"name", "question", "vary", "levels", "set", "seeds", "metric", "design"}
 
 
 def load_study_file(path: str | Path) -> StudySpec:
@@ -268,6 +296,9 @@ def load_study_file(path: str | Path) -> StudySpec:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecError(f"{path}: study file not found") from None
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                        f"offset {err.start}); save the study file as UTF-8") from None
     except OSError as err:
         raise SpecError(f"{path}: cannot read ({err.strerror})") from None
     except tomllib.TOMLDecodeError as err:
@@ -280,7 +311,7 @@ def load_study_file(path: str | Path) -> StudySpec:
 
     def want(key: str, kind: type | tuple[type, ...], what: str) -> Any:
         value = data.get(key)
-        if value is not None and not isinstance(value, kind):
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
             raise SpecError(f"{path}: key {key!r} must be {what}")
         return value
 
@@ -291,6 +322,7 @@ def load_study_file(path: str | Path) -> StudySpec:
     name = want("name", str, "a string")
     question = want("question", str, "a string") or ""
     metric = want("metric", str, "a string") or "val_top1"
+    design = want("design", str, "a string: full, ofat or gsd=R") or "full"
     for k, v in levels.items():
         if not isinstance(v, list):
             raise SpecError(f"{path}: levels.{k} must be a list")
@@ -306,6 +338,7 @@ def load_study_file(path: str | Path) -> StudySpec:
             name=name,
             question=question,
             metric=metric,
+            design=design,
         )
     except SpecError as err:
         raise SpecError(f"{path}: {err}") from None
@@ -314,9 +347,11 @@ def load_study_file(path: str | Path) -> StudySpec:
 def build_spec(
     study_file: Path | None, vary: str | None, levels: list[str], set_: list[str],
     seeds: int | None, study: str | None, metric: str | None, base: TrialConfig | None = None,
+    design: str | None = None,
 ) -> StudySpec:
     """A study file (if any) overridden by command-line text: ``vary`` 'p,activation',
-    ``levels`` ['p=1,2,inf'], ``set_`` ['epochs=30,model=resnet56'] (see ``gct-ablate run``)."""
+    ``levels`` ['p=1,2,inf'], ``set_`` ['epochs=30,model=resnet56'], ``design`` 'ofat'
+    (see ``gct-ablate run``)."""
     spec = load_study_file(study_file) if study_file else StudySpec()
     vary_names = tuple(split_levels(vary)) if vary else None
     lv: dict[str, tuple[str, ...]] = {}
@@ -337,4 +372,4 @@ def build_spec(
         if lv_only:
             raise SpecError(f"--levels for {', '.join(sorted(lv_only))}, which is not in --vary")
     return spec.with_overrides(vary=vary_names, levels=lv, fixed=fixed, seeds=seeds,
-                               name=study, metric=metric, base=base)
+                               name=study, metric=metric, base=base, design=design)

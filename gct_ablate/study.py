@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from gct_ablate._util import DEFAULT_OUT
+from gct_ablate.cost import CostEstimate, CostLimits, check_cost, estimate_cost
 from gct_ablate.errors import UsageError
-from gct_ablate.grid import prepare_study, spec_from_attrs
+from gct_ablate.grid import find_study, prepare_study, spec_from_attrs
 from gct_ablate.spec import StudySpec, TrialConfig
 from gct_ablate.storage import HEARTBEAT_INTERVAL, load_study, open_storage, storage_label
 from gct_ablate.summary import Summary, load_results, summarize
@@ -46,6 +47,7 @@ class StudyPlan:
     storage: str  # where the Optuna storage is (passwords masked)
     tracking_uri: str
     out: Path
+    estimate: CostEstimate | None = None  # None when the cost check was off
 
 
 def output_dir(out: str | Path) -> Path:
@@ -86,6 +88,8 @@ def run_study(
     heartbeat: int = HEARTBEAT_INTERVAL,
     console: Any = None,
     on_plan: Callable[[StudyPlan], None] | None = None,
+    limits: CostLimits | None = CostLimits(),
+    confirm: Callable[[CostEstimate], bool] | None = None,
 ) -> Summary:
     """Create or resume the study, run every queued cell x seed, and summarise it.
 
@@ -96,6 +100,10 @@ def run_study(
     (None: no display). ``on_plan`` is called once the grid is queued, before training.
     Calling it again resumes: finished cells are skipped. The summary is logged to the
     study's MLflow parent run, which is finished once no trial is left.
+
+    Before anything is queued the cost is estimated (:mod:`gct_ablate.cost`); above
+    ``limits`` the study starts only if ``confirm(estimate)`` returns True, else a one-line
+    :class:`gct_ablate.cost.TooCostly`. ``limits=None`` skips the check.
     """
     from gct_ablate.runner import run_workers
 
@@ -106,15 +114,21 @@ def run_study(
                           grace_period=3 * heartbeat)
     check_tracking(uri)
     preflight_data(spec)
+    n_workers = workers or default_workers()
+    estimate = None
+    if limits is not None:
+        estimate = estimate_cost(spec, find_study(spec, opened), workers=n_workers,
+                                 limits=limits)
+        check_cost(estimate, confirm)
     tracker = Tracker(uri, artifact_root=out / "mlartifacts")
     prepared = prepare_study(spec, opened, tracker, retry_failed=retry_failed)
-    n_workers = workers or default_workers()
     if on_plan is not None:
         on_plan(StudyPlan(
             name=spec.study_name, cells=len(spec.cells()), seeds=spec.seeds,
             total=len(spec.trials()), done=prepared.done, enqueued=prepared.enqueued,
             failed_left=prepared.failed_left, workers=n_workers,
-            storage=storage_label(storage, out), tracking_uri=uri, out=out))
+            storage=storage_label(storage, out), tracking_uri=uri, out=out,
+            estimate=estimate))
     opts = WorkerOptions(study_name=spec.study_name, storage=storage, out_dir=str(out),
                          base=spec.base, tracking_uri=tracking_uri, pruner=pruner,
                          heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
@@ -130,12 +144,13 @@ def finish_study(storage: Any, name: str, tracker: Tracker, out: Path) -> Summar
     parent MLflow run; finish that run when no trial is waiting or running."""
     from gct_ablate import summary as sm
     from gct_ablate.analysis import density
+    from gct_ablate.analysis._figures import slug
     from gct_ablate.runner import progress
 
     summary = summarize(load_results(storage, name))
-    figures = [sm.plot_levels(summary, out / f"{name}-levels.png")]
+    figures = [sm.plot_levels(summary, out / slug(f"{name}-levels.png"))]
     if density.applies(summary):
-        figures.append(out / f"{name}-density.png")
+        figures.append(out / slug(f"{name}-density.png"))
         density.plot_density(summary).savefig(figures[-1], dpi=110)
     study = load_study(storage, name)
     parent = study.user_attrs.get("mlflow_parent_run_id")
