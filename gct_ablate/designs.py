@@ -132,12 +132,13 @@ def describe(design: str) -> tuple[str, str]:
     return what.format(r=r), limits
 
 
-def summary_line(spec: Mapping[str, Any]) -> str:
+def summary_line(spec: Mapping[str, Any], markdown: bool = False) -> str:
     """'design: ofat (one factor at a time: ...); cannot estimate interactions' of a stored
     spec (``StudySpec.to_dict()``; a spec from before designs is 'full')."""
     design = str(spec.get("design", "full"))
+    label = "**Design:**" if markdown else "design:"
     try:
         what, limits = describe(parse_design(design))
     except SpecError:
-        return f"design: {design}"
-    return f"design: {design} ({what}); {limits}"
+        return f"{label} {design}"
+    return f"{label} {design} ({what}); {limits}"

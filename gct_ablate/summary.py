@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gct_ablate import stats
+from gct_ablate.designs import summary_line
 from gct_ablate._util import mask_url
 from gct_ablate.errors import SpecError, StudyNotFound, SummaryError
 from gct_ablate.spec import OUTPUT_FORMATS, StudySpec, cell_id
@@ -182,7 +183,7 @@ def to_markdown(summary: Summary) -> str:
     if s.spec.get("question"):
         lines += [f"**Question:** {s.spec['question']}", ""]
     lines += [f"**Metric:** {_metric_label(s)} · **reference:** `{_cell_name(s.reference_cell)}`"
-              f" · **trials:** {_counts_line(s)}", ""]
+              f" · **trials:** {_counts_line(s)}", "", summary_line(s.spec, markdown=True), ""]
     if s.tracking:
         lines += [_tracking_line(s), ""]
     lines += ["## Cells", "", row(CELL_HEADER),
@@ -237,6 +238,7 @@ def _render_table(s: Summary, console: Console) -> None:
     console.print(f"metric: {_metric_label(s)}   reference: {_cell_name(s.reference_cell)}",
                   markup=False, highlight=False)
     console.print(f"trials: {_counts_line(s)}", markup=False, highlight=False)
+    console.print(summary_line(s.spec), markup=False, highlight=False)
     if s.tracking:
         console.print(_tracking_line(s), markup=False, highlight=False)
     table = Table(title="Cells vs the reference", title_justify="left", **TABLE_STYLE)
