@@ -75,7 +75,8 @@ def check_size(design: str, levels: Mapping[str, Sequence[str]]) -> None:
                             "factors")
     if n > MAX_CELLS:
         hint = "" if design == "ofat" else f"; --design ofat has {ofat_size(levels):,} cells"
-        raise SpecError(f"design {design} has about {n:,} cells, more than {MAX_CELLS:,}; "
+        about = "about " if r is not None else ""
+        raise SpecError(f"design {design} has {about}{n:,} cells, more than {MAX_CELLS:,}; "
                         f"vary fewer factors or levels{hint}")
 
 
