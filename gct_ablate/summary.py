@@ -19,8 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gct_ablate import stats
-from gct_ablate.designs import summary_line
 from gct_ablate._util import mask_url
+from gct_ablate.designs import summary_line
 from gct_ablate.errors import SpecError, StudyNotFound, SummaryError
 from gct_ablate.spec import OUTPUT_FORMATS, StudySpec, cell_id
 from gct_ablate.stats import (
