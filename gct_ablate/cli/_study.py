@@ -121,8 +121,8 @@ def _confirm_cost(estimate: Any) -> bool:
     if not sys.stdin.isatty():
         raise UsageError(f"{estimate.line()}; not started, nothing was queued: pass --yes to "
                          f"run it anyway, or {estimate.ofat_line()}")
-    console.print(f"[yellow]Large study:[/] {estimate.line()}", highlight=False)
-    console.print(f"Smaller: {estimate.ofat_line()}", highlight=False)
+    console.print(f"[yellow]Large study:[/] {estimate.line()}", highlight=False, soft_wrap=True)
+    console.print(f"Smaller: {estimate.ofat_line()}", highlight=False, soft_wrap=True)
     if typer.confirm("Queue and run it?", default=False):
         return True
     console.print("Not started; nothing was queued.")
@@ -135,7 +135,7 @@ def _print_plan(plan: Any) -> Any:
         f"({plan.done} done, {plan.enqueued} queued now), {plan.workers} worker(s)\n"
         f"  Optuna storage: {plan.storage}\n  MLflow tracking: {mask_url(plan.tracking_uri)}")
     if plan.estimate is not None and plan.estimate.trials:
-        console.print(f"  Estimate: {plan.estimate.line()}", highlight=False)
+        console.print(f"  Estimate: {plan.estimate.line()}", highlight=False, soft_wrap=True)
     if plan.failed_left:
         console.print(f"[yellow]{plan.failed_left} failed trial(s) left as they are; "
                       "pass --retry-failed to run them again[/]")
