@@ -140,7 +140,7 @@ def stored_text(url: str, name: str) -> str:
     """Everything the study stores: its attributes and its trials' attributes."""
     storage = open_storage(url, Path("."))
     study = optuna.load_study(study_name=name, storage=storage)
-    parts = [study.user_attrs, storage.get_study_system_attrs(study._study_id)]
+    parts = [study.user_attrs, storage.get_study_system_attrs(storage.get_study_id_from_name(name))]
     for t in study.get_trials(deepcopy=False):
         parts += [t.user_attrs, t.system_attrs, t.params]
     return json.dumps(parts, default=str)
