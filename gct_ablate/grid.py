@@ -30,30 +30,6 @@ def spec_from_attrs(attrs: dict[str, Any], base: TrialConfig | None = None) -> S
     return StudySpec.from_dict(attrs["spec"], base)
 
 
-def find_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
-    """The stored study of ``spec``'s name (None if there is none); a one-line error when
-    it holds a different grid or was not made by gct-ablate."""
-    try:
-        study = optuna.load_study(study_name=spec.study_name, storage=storage)
-    except KeyError:
-        return None
-    _check_grid(study, spec)
-    return study
-
-
-def _check_grid(study: optuna.Study, spec: StudySpec) -> None:
-    name, attrs = spec.study_name, study.user_attrs
-    if "fingerprint" in attrs and attrs["fingerprint"] != spec.fingerprint():
-        old = attrs["spec"]
-        raise UsageError(
-            f"study {name!r} exists with a different grid (vary={','.join(old['vary']) or '-'}, "
-            f"set={old['set']}, design={old.get('design', 'full')}); pass --study NEW_NAME "
-            "to start another"
-        )
-    if "fingerprint" not in attrs and study.trials:
-        raise UsageError(f"study {name!r} exists and was not made by gct-ablate; choose --study")
-
-
 @dataclass
 class Prepared:
     study: optuna.Study
@@ -73,14 +49,21 @@ def prepare_study(
     """Create or resume the study: refuse a different grid, enqueue what is missing."""
     name = spec.study_name
     direction = "maximize" if spec.maximize else "minimize"
-    # load first: create_study on a journal appends a record even when the study exists
-    study = find_study(spec, storage)
-    if study is None:
+    try:  # load first: create_study on a journal appends a record even when the study exists
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
         study = optuna.create_study(
             study_name=name, storage=storage, direction=direction, load_if_exists=True
         )
-        _check_grid(study, spec)  # another process may have created it meanwhile
     attrs = study.user_attrs
+    if "fingerprint" in attrs and attrs["fingerprint"] != spec.fingerprint():
+        old = attrs["spec"]
+        raise UsageError(
+            f"study {name!r} exists with a different grid (vary={','.join(old['vary']) or '-'}, "
+            f"set={old['set']}); pass --study NEW_NAME to start another"
+        )
+    if "fingerprint" not in attrs and study.trials:
+        raise UsageError(f"study {name!r} exists and was not made by gct-ablate; choose --study")
     if "mlflow_parent_run_id" not in attrs:
         experiment_id = tracker.experiment(name)
         info = {**spec.to_dict(), "fp": spec.fingerprint()}
@@ -113,3 +96,19 @@ def prepare_study(
             study.enqueue_trial(dict(cell), user_attrs={"cell": cell_id(cell), "seed": seed})
             enqueued += 1
     return Prepared(study, spec, enqueued, done, failed_left)
+
+
+def find_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
+    """The stored study of ``spec``'s name, None if there is none; read before anything is
+    created (the cost check), so a different grid is refused here in one line too."""
+    try:
+        study = optuna.load_study(study_name=spec.study_name, storage=storage)
+    except KeyError:
+        return None
+    old = study.user_attrs.get("spec")
+    if study.user_attrs.get("fingerprint") not in (None, spec.fingerprint()):
+        raise UsageError(
+            f"study {spec.study_name!r} exists with a different grid (vary="
+            f"{','.join(old['vary']) or '-'}, set={old['set']}, design="
+            f"{old.get('design', 'full')}); pass --study NEW_NAME to start another")
+    return study
