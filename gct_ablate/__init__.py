@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from gct_ablate.errors import UsageError
     from gct_ablate.gct import GCT, make_attention
     from gct_ablate.models import build_model
-    from gct_ablate.spec import StudySpec, TrialConfig, load_study_file
+    from gct_ablate.spec import StudySpec, TrialConfig
     from gct_ablate.study import join_study, load_summary, run_study
+    from gct_ablate.study_file import load_study_file
     from gct_ablate.summary import Summary
     from gct_ablate.train import train_eval
 
@@ -33,7 +34,7 @@ _LAZY = {
     "run_study": "gct_ablate.study", "join_study": "gct_ablate.study",
     "load_summary": "gct_ablate.study", "Summary": "gct_ablate.summary",
     "StudySpec": "gct_ablate.spec", "TrialConfig": "gct_ablate.spec",
-    "load_study_file": "gct_ablate.spec", "train_eval": "gct_ablate.train",
+    "load_study_file": "gct_ablate.study_file", "train_eval": "gct_ablate.train",
     "build_model": "gct_ablate.models", "GCT": "gct_ablate.gct",
     "make_attention": "gct_ablate.gct", "UsageError": "gct_ablate.errors",
 }

@@ -100,8 +100,10 @@ class RunStore:
         """Local copy of one artifact; None when the run has no such artifact."""
         from mlflow.exceptions import MlflowException
 
+        from gct_ablate.analysis._figures import slug
+
         self.check_run(run_id)
-        dst = Path(self._tmp.name) / run_id
+        dst = Path(self._tmp.name) / slug(run_id)  # a stored id is data, never a path
         dst.mkdir(exist_ok=True)
         try:
             return Path(self.client.download_artifacts(run_id, path, str(dst)))

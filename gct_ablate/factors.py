@@ -119,6 +119,11 @@ def _size(name: str, word: str) -> Callable[[Any], int | str]:
 PLACEMENT_NAMES = ("every-conv", "block", "after-block", "none")
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() is also true of '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_placement(raw: Any) -> str:
     """'every-conv', 'block', 'after-block', 'none', 'stages=1+2' (or 1,2), 'every=K'."""
     text = _text(raw).lower().replace(" ", "")
@@ -127,9 +132,9 @@ def parse_placement(raw: Any) -> str:
     key, sep, rest = text.partition("=")
     if sep and key == "stages":
         parts = [s for s in rest.replace(",", "+").split("+") if s]
-        if parts and all(s.isdigit() and 1 <= int(s) <= 4 for s in parts):
+        if parts and all(_digits(s) and 1 <= int(s) <= 4 for s in parts):
             return "stages=" + "+".join(str(s) for s in sorted({int(s) for s in parts}))
-    elif sep and key == "every" and rest.isdigit() and int(rest) >= 1:
+    elif sep and key == "every" and _digits(rest) and int(rest) >= 1:
         return f"every={int(rest)}"
     raise FactorError(
         f"unknown placement {text!r}; valid: {', '.join(PLACEMENT_NAMES)}, "
@@ -238,7 +243,7 @@ def split_levels(text: str) -> list[str]:
     for token in (t.strip() for t in text.split(",")):
         if not token:
             continue
-        if token.isdigit() and out and out[-1].lower().startswith("stages="):
+        if _digits(token) and out and out[-1].lower().startswith("stages="):
             out[-1] += "+" + token
         else:
             out.append(token)

@@ -156,3 +156,19 @@ def enqueue_missing(study: optuna.Study, wanted: list[tuple[str, int]], *,
             study.enqueue_trial(params, user_attrs={"cell": cell, "seed": seed})
             enqueued += 1
     return enqueued, done, failed_left
+
+
+def find_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
+    """The stored study of ``spec``'s name, None if there is none; read before anything is
+    created (the cost check), so a different grid is refused here in one line too."""
+    try:
+        study = optuna.load_study(study_name=spec.study_name, storage=storage)
+    except KeyError:
+        return None
+    old = study.user_attrs.get("spec")
+    if study.user_attrs.get("fingerprint") not in (None, spec.fingerprint()):
+        raise UsageError(
+            f"study {spec.study_name!r} exists with a different grid (vary="
+            f"{','.join(old['vary']) or '-'}, set={old['set']}, design="
+            f"{old.get('design', 'full')}); pass --study NEW_NAME to start another")
+    return study

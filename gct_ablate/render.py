@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gct_ablate import stats
+from gct_ablate.designs import summary_line
 from gct_ablate.errors import SummaryError
 from gct_ablate.spec import OUTPUT_FORMATS
 from gct_ablate.stats import CellStats, Summary
@@ -164,7 +165,8 @@ def to_markdown(summary: Summary) -> str:
     if s.spec.get("question"):
         lines += [f"**Question:** {s.spec['question']}", ""]
     lines += [f"**Metric:** {_metric_label(s)} · **reference:** `{_cell_name(s.reference_cell)}`"
-              f" · **margin:** {_margin_text(s)} · **trials:** {_counts_line(s)}", ""]
+              f" · **margin:** {_margin_text(s)} · **trials:** {_counts_line(s)}", "",
+              summary_line(s.spec, markdown=True), ""]
     if s.tracking:
         lines += [_tracking_line(s), ""]
     lines += [f"**Conclusion:** {s.conclusion}", "", "## Cells", ""]
@@ -226,6 +228,7 @@ def _render_table(s: Summary, console: Console) -> None:
     _print(console, f"metric: {_metric_label(s)}   reference: {_cell_name(s.reference_cell)}"
            f"   margin: {_margin_text(s)}")
     _print(console, f"trials: {_counts_line(s)}")
+    _print(console, summary_line(s.spec))
     if s.tracking:
         _print(console, _tracking_line(s))
     wide = console.width >= 130

@@ -1,48 +1,22 @@
 """StudySpec and TrialConfig: frozen descriptions of a study and of one training run.
 
-A study file is TOML (see ``studies/``)::
-
-    name = "p_norm"                 # optional; default derived from what varies
-    question = "Does p matter?"     # free text
-    vary = ["p"]
-    seeds = 3
-    metric = "val_top1"
-    margin = 0.5                    # smallest difference that matters, in points of the
-                                    # metric (percentage points for accuracies)
-    [levels]                        # optional overrides of the default levels
-    p = [1, 2, 3, "inf", "gap"]
-    [set]                           # factors held fixed
-    epochs = 15
+Study files and command-line text become a StudySpec in :mod:`gct_ablate.study_file`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import math
-import sys
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from gct_ablate import designs
 from gct_ablate.errors import FactorError, SpecError
-from gct_ablate.factors import (
-    FACTORS,
-    canonical_level,
-    get_factor,
-    parse_assignments,
-    parse_level,
-    split_levels,
-)
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from gct_ablate.factors import FACTORS, canonical_level, get_factor, parse_level
 
 METRICS = ("val_top1", "val_top5", "val_loss")
 OUTPUT_FORMATS = ("table", "markdown", "csv", "json")  # of a summary
@@ -156,6 +130,18 @@ def parse_cell_id(text: str) -> Cell:
     return tuple(tuple(part.split("=", 1)) for part in text.split())  # type: ignore[misc]
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9._=-]{0,199}")
+NAME_RULE = ("letters, digits and . _ - = only, no leading dot, at most 200 characters")
+
+
+def check_name(name: str, what: str = "study name") -> str:
+    """``name`` if it is safe as a file or folder name (study names become MLflow artifact
+    folders and figure files), else a one-line SpecError naming the allowed form."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise SpecError(f"invalid {what} {str(name)[:80]!r}; use {NAME_RULE}")
+    return name
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """A grid over factors, replicated over seeds."""
@@ -176,6 +162,7 @@ class StudySpec:
     # reference and every undecided cell per look, up to ``max_seeds``. None: a fixed design.
     max_seeds: int | None = None
     seed_batch: int | None = None
+    design: str = "full"  # which cells run: full, ofat or gsd=R (gct_ablate.designs)
 
     def __post_init__(self) -> None:
         try:
@@ -211,10 +198,17 @@ class StudySpec:
             raise SpecError(f"invalid seed_batch {self.seed_batch}; must be >= 1")
         if self.max_seeds is not None and self.max_seeds < self.seeds:
             raise SpecError(f"max_seeds {self.max_seeds} is below seeds {self.seeds}")
+        if self.name is not None:
+            check_name(self.name.strip())
+        design = designs.parse_design(self.design)
         object.__setattr__(self, "vary", vary)
         object.__setattr__(self, "levels", {n: levels[n] for n in vary})
         object.__setattr__(self, "fixed", fixed)
+        object.__setattr__(self, "design", design)
         self.config(())  # validates the fixed values against TrialConfig
+        designs.check_size(design, self.levels)
+        object.__setattr__(self, "_cells", designs.design_cells(
+            design, self.vary, self.levels, self.reference_cell()))
 
     @property
     def study_name(self) -> str:
@@ -228,9 +222,9 @@ class StudySpec:
         return self.metric != "val_loss"
 
     def cells(self) -> list[Cell]:
-        """The grid, in a stable order (first factor varies slowest)."""
-        axes = [[(n, lv) for lv in self.levels[n]] for n in self.vary]
-        return [tuple(c) for c in itertools.product(*axes)]
+        """The design's cells in a stable order: the full grid's (first factor varies
+        slowest), or for ofat the reference cell first (see :mod:`gct_ablate.designs`)."""
+        return list(self._cells)  # type: ignore[attr-defined]
 
     def reference_cell(self) -> Cell:
         """The cell at the paper's reference levels (else the first level of that factor)."""
@@ -252,6 +246,8 @@ class StudySpec:
         """Hash of the grid (not of the seed count, so a study can grow more seeds)."""
         grid = {"vary": list(self.vary), "levels": {k: list(v) for k, v in self.levels.items()},
                 "fixed": dict(sorted(self.fixed.items())), "metric": self.metric}
+        if self.design != "full":  # the full grid's fingerprint is the one it always had
+            grid["design"] = self.design
         return hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -263,13 +259,14 @@ class StudySpec:
                    name=d.get("name"), question=d.get("question", ""),
                    metric=d.get("metric", "val_top1"), base=base or TrialConfig(),
                    margin=None if d.get("margin") is None else float(d["margin"]),
-                   max_seeds=d.get("max_seeds"), seed_batch=d.get("seed_batch"))
+                   max_seeds=d.get("max_seeds"), seed_batch=d.get("seed_batch"),
+                   design=d.get("design", "full"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.study_name, "question": self.question, "vary": list(self.vary),
                 "levels": {k: list(v) for k, v in self.levels.items()},
                 "set": dict(self.fixed), "seeds": self.seeds, "metric": self.metric,
-                "margin": self.margin,
+                "margin": self.margin, "design": self.design,
                 **({"max_seeds": self.max_seeds, "seed_batch": self.seed_batch}
                    if self.adaptive else {})}
 
@@ -291,6 +288,7 @@ class StudySpec:
         margin: float | None = None,
         max_seeds: int | None = None,
         seed_batch: int | None = None,
+        design: str | None = None,
     ) -> StudySpec:
         """The command line over a study file: vary replaces, levels/set merge, rest replace."""
         new_vary = tuple(vary) if vary else self.vary
@@ -311,95 +309,5 @@ class StudySpec:
             margin=self.margin if margin is None else margin,
             max_seeds=self.max_seeds if max_seeds is None else max_seeds,
             seed_batch=self.seed_batch if seed_batch is None else seed_batch,
+            design=design or self.design,
         )
-
-
-_FILE_KEYS = {"name", "question", "vary", "levels", "set", "seeds", "metric", "margin",
-              "max_seeds", "seed_batch"}
-
-
-def load_study_file(path: str | Path) -> StudySpec:
-    """Read and validate a TOML study file; errors name the file and the key."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: study file not found") from None
-    except OSError as err:
-        raise SpecError(f"{path}: cannot read ({err.strerror})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise SpecError(f"{path}: TOML syntax error: {err}") from None
-    unknown = sorted(set(data) - _FILE_KEYS)
-    if unknown:
-        raise SpecError(
-            f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_FILE_KEYS))}"
-        )
-
-    def want(key: str, kind: type | tuple[type, ...], what: str) -> Any:
-        value = data.get(key)
-        if value is not None and not isinstance(value, kind):
-            raise SpecError(f"{path}: key {key!r} must be {what}")
-        return value
-
-    vary = want("vary", list, "a list of factor names") or []
-    levels = want("levels", dict, "a table of factor = [levels]") or {}
-    fixed = want("set", dict, "a table of factor = value") or {}
-    seeds = want("seeds", int, "an integer")
-    name = want("name", str, "a string")
-    question = want("question", str, "a string") or ""
-    metric = want("metric", str, "a string") or "val_top1"
-    margin = want("margin", (int, float), "a number (points of the metric)")
-    if isinstance(margin, bool):
-        raise SpecError(f"{path}: key 'margin' must be a number (points of the metric)")
-    max_seeds = want("max_seeds", int, "an integer (adaptive seeds: with seed_batch)")
-    seed_batch = want("seed_batch", int, "an integer (adaptive seeds: with max_seeds)")
-    for k, v in levels.items():
-        if not isinstance(v, list):
-            raise SpecError(f"{path}: levels.{k} must be a list")
-    for k, v in fixed.items():
-        if isinstance(v, (list, dict)):
-            raise SpecError(f"{path}: set.{k} must be a single value")
-    try:
-        return StudySpec(
-            vary=tuple(str(v) for v in vary),
-            levels={k: tuple(v) for k, v in levels.items()},
-            fixed=dict(fixed),
-            seeds=3 if seeds is None else seeds,
-            name=name,
-            question=question,
-            metric=metric,
-            margin=None if margin is None else float(margin),
-            max_seeds=max_seeds, seed_batch=seed_batch,
-        )
-    except SpecError as err:
-        raise SpecError(f"{path}: {err}") from None
-
-
-def build_spec(
-    study_file: Path | None, vary: str | None, levels: list[str], set_: list[str],
-    seeds: int | None, study: str | None, metric: str | None, base: TrialConfig | None = None,
-    margin: float | None = None,
-) -> StudySpec:
-    """A study file (if any) overridden by command-line text: ``vary`` 'p,activation',
-    ``levels`` ['p=1,2,inf'], ``set_`` ['epochs=30,model=resnet56'] (see ``gct-ablate run``)."""
-    spec = load_study_file(study_file) if study_file else StudySpec()
-    vary_names = tuple(split_levels(vary)) if vary else None
-    lv: dict[str, tuple[str, ...]] = {}
-    for text in levels:
-        lv.update({k: tuple(v) for k, v in parse_assignments(text, "--levels").items()})
-    fixed: dict[str, str] = {}
-    for text in set_:
-        for k, v in parse_assignments(text, "--set").items():
-            if len(v) != 1:
-                raise SpecError(f"--set {k} takes one value, got {','.join(v)}")
-            fixed[k] = v[0]
-    if vary_names:
-        both = {get_factor(n).name for n in vary_names} & {get_factor(k).name for k in fixed}
-        if both:
-            raise SpecError(f"conflicting options: {', '.join(sorted(both))} is both in "
-                             "--vary and --set")
-        lv_only = {get_factor(k).name for k in lv} - {get_factor(n).name for n in vary_names}
-        if lv_only:
-            raise SpecError(f"--levels for {', '.join(sorted(lv_only))}, which is not in --vary")
-    return spec.with_overrides(vary=vary_names, levels=lv, fixed=fixed, seeds=seeds,
-                               name=study, metric=metric, base=base, margin=margin)

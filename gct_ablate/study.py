@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from gct_ablate._util import DEFAULT_OUT
+from gct_ablate.cost import CostEstimate, CostLimits, check_cost, estimate_cost
 from gct_ablate.errors import StudyNotFound, UsageError
-from gct_ablate.grid import QUEUED, check_tracking_uri, prepare_study, spec_from_attrs
+from gct_ablate.grid import QUEUED, check_tracking_uri, find_study, prepare_study, spec_from_attrs
 from gct_ablate.locks import study_lock
 from gct_ablate.spec import StudySpec, TrialConfig
 from gct_ablate.storage import HEARTBEAT_INTERVAL, load_study, open_storage, storage_label
@@ -50,6 +51,7 @@ class StudyPlan:
     storage: str  # where the Optuna storage is (passwords masked)
     tracking_uri: str
     out: Path
+    estimate: CostEstimate | None = None  # None when the cost check was off
 
 
 def output_dir(out: str | Path) -> Path:
@@ -96,6 +98,8 @@ def run_study(
     console: Any = None,
     on_plan: Callable[[StudyPlan], None] | None = None,
     on_look: Callable[[Any, int], None] | None = None,
+    limits: CostLimits | None = CostLimits(),
+    confirm: Callable[[CostEstimate], bool] | None = None,
 ) -> Summary:
     """Create or resume the study, run every queued cell x seed, and summarise it.
 
@@ -110,6 +114,10 @@ def run_study(
     An adaptive spec (``max_seeds`` and ``seed_batch`` set) adds seeds look by look until
     every cell is decided (:mod:`gct_ablate.adaptive`); ``on_look(result, seeds queued)``
     is called after each look. A study started adaptive stays so when resumed.
+
+    Before anything is queued the cost is estimated (:mod:`gct_ablate.cost`); above
+    ``limits`` the study starts only if ``confirm(estimate)`` returns True, else a one-line
+    :class:`gct_ablate.cost.TooCostly`. ``limits=None`` skips the check.
     """
     from gct_ablate.runner import run_workers
 
@@ -119,20 +127,25 @@ def run_study(
     uri = resolve_tracking_uri(out, tracking_uri)
     opened = open_storage(storage, out, heartbeat_interval=heartbeat,
                           grace_period=3 * heartbeat)
-    existing = _find(opened, spec.study_name)
+    existing = find_study(spec, opened)  # another grid of that name: refused here
     if existing is not None:  # before touching any store: tracked elsewhere is refused
         check_tracking_uri(existing, uri)
         spec = _keep_schedule(existing, spec)
+    n_workers = workers or default_workers()
+    estimate = None
+    if limits is not None:  # before anything is queued or any MLflow store is made
+        estimate = estimate_cost(spec, existing, workers=n_workers, limits=limits)
+        check_cost(estimate, confirm)
     check_tracking(uri)
     tracker = Tracker(uri, artifact_root=out / "mlartifacts")
     prepared = prepare_study(spec, opened, tracker, retry_failed=retry_failed)
-    n_workers = workers or default_workers()
     if on_plan is not None:
         on_plan(StudyPlan(
             name=spec.study_name, cells=len(spec.cells()), seeds=spec.seeds,
             total=len(spec.trials()), done=prepared.done, enqueued=prepared.enqueued,
             failed_left=prepared.failed_left, workers=n_workers,
-            storage=storage_label(storage, out), tracking_uri=uri, out=out))
+            storage=storage_label(storage, out), tracking_uri=uri, out=out,
+            estimate=estimate))
     opts = WorkerOptions(study_name=spec.study_name, storage=storage, out_dir=str(out),
                          base=spec.base, tracking_uri=tracking_uri, pruner=pruner,
                          heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
@@ -176,14 +189,15 @@ def finish_study(storage: Any, name: str, tracker: Tracker, out: Path,
     points of the metric (default: the stored spec's, else the metric's default)."""
     from gct_ablate import summary as sm
     from gct_ablate.analysis import density
+    from gct_ablate.analysis._figures import slug
     from gct_ablate.runner import progress
 
     study = load_study(storage, name)
     with study_lock(study):  # processes finishing together: the last one logs it all
         summary = summarize(load_results(storage, name), margin=margin)
-        figures = [sm.plot_levels(summary, out / f"{name}-levels.png")]
+        figures = [sm.plot_levels(summary, out / slug(f"{name}-levels.png"))]
         if density.applies(summary):
-            figures.append(out / f"{name}-density.png")
+            figures.append(out / slug(f"{name}-density.png"))
             density.plot_density(summary).savefig(figures[-1], dpi=110)
         parent = study.user_attrs.get("mlflow_parent_run_id")
         if parent:
@@ -227,14 +241,6 @@ def join_study(
                          tracking_uri=tracking_uri, heartbeat_interval=heartbeat,
                          grace_period=3 * heartbeat)
     return run_workers(opts, workers, spec.config(()).epochs, console)
-
-
-def _find(storage: Any, name: str) -> Any:
-    """The study of that name, or None."""
-    try:
-        return load_study(storage, name)
-    except StudyNotFound:
-        return None
 
 
 def wait_for_study(storage: Any, name: str, wait: float, console: Any = None) -> Any:

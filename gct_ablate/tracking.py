@@ -19,6 +19,7 @@ from typing import Any
 from gct_ablate._util import mask_url
 from gct_ablate.errors import UsageError
 from gct_ablate.locks import file_lock, sqlite_path
+from gct_ablate.spec import check_name
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -40,7 +41,8 @@ def ui_command(uri: str) -> str:
 
 
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any training, when the tracking store cannot be reached."""
+    """Fail fast, before any training, when the tracking store cannot be reached or a
+    server refuses this user's credentials."""
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
@@ -50,6 +52,7 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
             reason = getattr(err, "reason", err)
             msg = f"cannot reach MLflow tracking server {mask_url(uri)}: {reason}"
             raise UsageError(msg) from None
+        check_credentials(uri)
     elif uri.startswith("sqlite:///"):
         path = sqlite_path(uri)
         folder = (path or Path(".")).parent
@@ -142,6 +145,31 @@ def _latest_schema() -> str | None:
         return None
 
 
+def check_credentials(uri: str) -> None:
+    """One authenticated call (search experiments) through MLflow's own client, which sends
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN): a server
+    started with ``--app-name basic-auth`` answers 401 or 403 here, before any training.
+    ``/health`` needs no credentials, so it cannot tell."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except MlflowException as err:
+        status = err.get_http_status_code()
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        who = f"user {user!r}" if user else "no user (MLFLOW_TRACKING_USERNAME is not set)"
+        if status == 401:
+            raise UsageError(f"MLflow tracking server {mask_url(uri)} refused the credentials "
+                             f"of {who} (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD") from None
+        if status == 403:
+            raise UsageError(f"MLflow tracking server {mask_url(uri)}: {who} may not read "
+                             "experiments (HTTP 403); ask its admin for access") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise UsageError(f"MLflow tracking server {mask_url(uri)} failed: {first}") from None
+
+
 class Tracker:
     """Logs a study's runs to one MLflow tracking URI."""
 
@@ -164,7 +192,11 @@ class Tracker:
             return found.experiment_id
         location = None
         if self.artifact_root is not None and not self.uri.startswith(("http:", "https:")):
-            location = (self.artifact_root / study_name).resolve().as_uri()
+            root = self.artifact_root.resolve()
+            folder = (root / check_name(study_name)).resolve()
+            if folder.parent != root:  # never outside the output folder
+                raise UsageError(f"invalid study name {study_name!r} for an artifact folder")
+            location = folder.as_uri()
         try:
             return self.client.create_experiment(study_name, artifact_location=location)
         except Exception:  # another worker created it first
@@ -179,7 +211,7 @@ class Tracker:
             tags={"gct_ablate.role": "study", "gct_ablate.fingerprint": spec.get("fp", "")},
         )
         params = {"vary": ",".join(spec["vary"]) or "-", "seeds": spec["seeds"],
-                  "metric": spec["metric"]}
+                  "metric": spec["metric"], "design": spec.get("design", "full")}
         params.update({f"set.{k}": v for k, v in spec["set"].items()})
         params.update({f"levels.{k}": ",".join(v)[:500] for k, v in spec["levels"].items()})
         self.log_params(run.info.run_id, params)

@@ -66,6 +66,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     unknown_key.write_text('vary = ["p"]\nrepeats = 2\n')
     a_file = tmp / "a-file"
     a_file.write_text("not a folder")
+    latin1 = tmp / "latin1.toml"
+    latin1.write_bytes('question = "Größe?"\nvary = ["p"]\n'.encode("latin-1"))
     return {
         "unknown factor": (["--vary", "q"], "unknown factor 'q'; valid: attention, p,"),
         "unknown level": (["--vary", "activation", "--levels", "activation=foo"],
@@ -93,6 +95,15 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                                          "cannot reach MLflow tracking server"),
         "worker, unknown study": (["worker", "nope", "--wait", "0"],
                                   "no study named 'nope' in this storage; existing: base"),
+        "hostile study name": (["--vary", "p", "--study", "../../etc/x"],
+                               "invalid study name '../../etc/x'; use letters, digits and "
+                               ". _ - = only, no leading dot"),
+        "study file not UTF-8": ([str(latin1)], f"{latin1}: not UTF-8 text (byte 0xf6 at "
+                                 "offset 14); save the study file as UTF-8"),
+        "unknown design": (["--vary", "p", "--design", "half"],
+                           "unknown design 'half'; valid: full, ofat, gsd=R"),
+        "too costly": (["--vary", "p,norm,activation,remove,init,placement", "--study", "big"],
+                       "30,240 trials to run (10,080 cells x 3 seeds) x 1 epoch(s) at "),
     }
 
 

@@ -9,9 +9,9 @@ from gct_ablate.spec import (
     StudySpec,
     TrialConfig,
     cell_id,
-    load_study_file,
     parse_cell_id,
 )
+from gct_ablate.study_file import load_study_file
 
 STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.toml"))
 
@@ -105,6 +105,10 @@ def write(tmp_path, text):
     ("vary = [\"p\"]\n[levels]\np = [0.5]\n", "p must be >= 1"),
     ("vary = [\"q\"]\n", "unknown factor 'q'"),
     ("vary = [\"p\"]\nseeds = \"three\"\n", "'seeds' must be an integer"),
+    ("vary = [\"p\"]\nseeds = true\n", "'seeds' must be an integer"),
+    ("vary = [\"p\"]\nname = \"../x\"\n", "invalid study name '../x'; use letters"),
+    ("vary = [\"p\"]\ndesign = \"half\"\n", "unknown design 'half'; valid: full, ofat"),
+    ("vary = [\"p\"]\n[set]\nplacement = \"every=\u00b2\"\n", "unknown placement"),
 ])
 def test_study_file_errors_name_file_and_key(tmp_path, text, match):
     path = write(tmp_path, text)

@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from gct_ablate import stats
 from gct_ablate.cli import app
 from gct_ablate.errors import SpecError, StudyNotFound
-from gct_ablate.spec import StudySpec, build_spec, load_study_file
+from gct_ablate.spec import StudySpec
+from gct_ablate.study_file import build_spec, load_study_file
 from gct_ablate.summary import (
     StudyResults,
     Summary,

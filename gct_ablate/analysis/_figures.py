@@ -10,17 +10,20 @@ from gct_ablate.errors import UsageError
 
 
 def slug(text: str) -> str:
-    """File-name form of a cell id: 'p=2 activation=tanh' -> 'p=2_activation=tanh'."""
-    return re.sub(r"[^A-Za-z0-9=+.-]+", "_", text).strip("_") or "single"
+    """File-name form of a cell id or name: 'p=2 activation=tanh' -> 'p=2_activation=tanh'.
+
+    Only letters, digits and ``=+.-_`` survive and the result never starts with a dot: no
+    path separator, no '.' or '..', so it names a file inside the folder it is joined to."""
+    return re.sub(r"[^A-Za-z0-9=+.-]+", "_", text).strip("_").lstrip(".") or "single"
 
 
 def png_path(output: Path | None, out: Path, stem: str, part: str, several: bool) -> Path:
     """Where one figure goes: ``output`` (with ``part`` added when there are several), else
     ``out/STEM-PART.png``."""
     if output is None:
-        path = out / f"{stem}-{part}.png"
+        path = out / slug(f"{stem}-{part}.png")
     elif several:
-        path = output.with_name(f"{output.stem}-{part}{output.suffix or '.png'}")
+        path = output.with_name(f"{output.stem}-{slug(part)}{output.suffix or '.png'}")
     else:
         path = output
     try:

@@ -23,9 +23,11 @@ def factor_option(name: str) -> Any:
 
 Out = Annotated[Path, typer.Option("--out", help="Folder of the local stores (Optuna journal, "
                                    "MLflow SQLite, artifacts).")]
+STORAGE_ENV = "GCT_ABLATE_STORAGE"
 Storage = Annotated[str | None, typer.Option(
-    "--storage", help="Optuna storage URL (e.g. postgresql://user@host/db) or a *.journal "
-    "file. Default: OUT/optuna.journal.")]
+    "--storage", envvar=STORAGE_ENV, show_envvar=True,
+    help="Optuna storage URL (e.g. postgresql://user@host/db; keep passwords out of it: "
+    "~/.pgpass or PGPASSWORD) or a *.journal file. Default: OUT/optuna.journal.")]
 TrackingUri = Annotated[str | None, typer.Option(
     "--tracking-uri", help="MLflow tracking URI (e.g. http://host:5000). Default: "
     "$MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db.")]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +13,7 @@ import typer
 from gct_ablate._util import DEFAULT_OUT, mask_url
 from gct_ablate.cli._app import app, check_format, console, err_console, one_line_errors
 from gct_ablate.cli._options import (
+    STORAGE_ENV,
     DataDir,
     Device,
     Download,
@@ -21,7 +24,8 @@ from gct_ablate.cli._options import (
     Threads,
     TrackingUri,
 )
-from gct_ablate.spec import TrialConfig, build_spec
+from gct_ablate.spec import TrialConfig
+from gct_ablate.study_file import build_spec
 
 Margin = Annotated[float | None, typer.Option(
     help="Smallest difference that matters, in points of the metric "
@@ -57,6 +61,17 @@ def run(
         min=1, help="--until-decided: seeds per cell at most.")] = 12,
     seed_batch: Annotated[int, typer.Option(
         min=1, help="--until-decided: seeds added per look.")] = 3,
+    design: Annotated[str | None, typer.Option(
+        help="Which cells: full (default: every combination), ofat (one factor at a time "
+        "against the reference: one table), gsd=R (screening, about 1/R of the grid, main "
+        "effects only).")] = None,
+    yes: Annotated[bool, typer.Option(
+        "--yes", "-y", help="Run a study above the cost limits without asking.")] = False,
+    ask_above_trials: Annotated[int, typer.Option(
+        min=0, help="Ask before running more than this many trials.")] = 500,
+    ask_above_hours: Annotated[float, typer.Option(
+        min=0.0, help="Ask before a study estimated to take longer (hours, on this machine "
+        "with its workers).")] = 2.0,
     out: Out = DEFAULT_OUT,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
@@ -78,16 +93,18 @@ def run(
 ) -> None:
     """Run an ablation grid (every cell x seed once), track it in MLflow, print the summary.
 
-    Re-running the same command resumes: finished cells are skipped.
+    Re-running the same command resumes: finished cells are skipped. Before queueing, the
+    cost is estimated; above the limits it asks (without a terminal: refuses unless --yes).
     """
     base = TrialConfig(device=device, threads=threads, data_dir=data_dir, download=download,
                        save_model=save_models)
     spec = build_spec(study_file, vary, levels or [], set_ or [], seeds, study, metric, base,
-                      margin)
+                      margin, design=design)
     if until_decided:
         spec = dataclasses.replace(spec, max_seeds=max(max_seeds, spec.seeds),
                                    seed_batch=seed_batch)
     check_format(fmt)
+    from gct_ablate.cost import CostLimits
     from gct_ablate.study import run_study
     from gct_ablate.tracking import ui_command
     from gct_ablate.worker import Interrupted
@@ -98,7 +115,9 @@ def run(
                            workers=workers, pruner=pruner, retry_failed=retry_failed,
                            heartbeat=heartbeat, console=console,
                            on_plan=lambda plan: plans.append(_print_plan(plan)),
-                           on_look=_print_look)
+                           on_look=_print_look,
+                           limits=None if yes else CostLimits(ask_above_trials, ask_above_hours),
+                           confirm=_confirm_cost)
     except (KeyboardInterrupt, Interrupted):
         err_console.print("[yellow]Interrupted.[/] Running trials were re-queued; run the "
                           "same command again to resume.")
@@ -108,7 +127,28 @@ def run(
         _print_undecided(result)
     console.print(f"\nOpen the runs in MLflow:  [bold]{ui_command(plans[0].tracking_uri)}[/]")
     console.print(f"Summary again later:     gct-ablate summary {spec.study_name}"
-                  + (f" --storage {mask_url(storage)}" if storage else f" --out {out}"))
+                  + _storage_hint(storage, out))
+
+
+def _storage_hint(storage: str | None, out: Path) -> str:
+    if storage and storage == os.environ.get(STORAGE_ENV):
+        return f" (storage from ${STORAGE_ENV})"
+    return f" --storage {mask_url(storage)}" if storage else f" --out {out}"
+
+
+def _confirm_cost(estimate: Any) -> bool:
+    """Above the limits: ask on a terminal; without one, refuse with one line."""
+    from gct_ablate.errors import UsageError
+
+    if not sys.stdin.isatty():
+        raise UsageError(f"{estimate.line()}; not started, nothing was queued: pass --yes to "
+                         f"run it anyway, or {estimate.ofat_line()}")
+    console.print(f"[yellow]Large study:[/] {estimate.line()}", highlight=False, soft_wrap=True)
+    console.print(f"Smaller: {estimate.ofat_line()}", highlight=False, soft_wrap=True)
+    if typer.confirm("Queue and run it?", default=False):
+        return True
+    console.print("Not started; nothing was queued.")
+    raise typer.Exit(1)
 
 
 def _print_plan(plan: Any) -> Any:
@@ -116,6 +156,8 @@ def _print_plan(plan: Any) -> Any:
         f"[bold]{plan.name}[/]: {plan.cells} cells x {plan.seeds} seeds = {plan.total} trials "
         f"({plan.done} done, {plan.enqueued} queued now), {plan.workers} worker(s)\n"
         f"  Optuna storage: {plan.storage}\n  MLflow tracking: {mask_url(plan.tracking_uri)}")
+    if plan.estimate is not None and plan.estimate.trials:
+        console.print(f"  Estimate: {plan.estimate.line()}", highlight=False, soft_wrap=True)
     if plan.failed_left:
         console.print(f"[yellow]{plan.failed_left} failed trial(s) left as they are; "
                       "pass --retry-failed to run them again[/]")
