@@ -122,8 +122,22 @@ def _gsd_cells(design: str, vary: Sequence[str], levels: Mapping[str, Sequence[s
         if missing:
             raise SpecError(f"design {design} leaves out {name}={missing[0]}; use a smaller "
                             "reduction or fewer levels")
+    needed = 1 + sum(len(levels[n]) - 1 for n in vary)  # intercept + each main effect
+    if _main_effects_rank(chosen, ordered) < needed:
+        raise SpecError(f"design {design} over {', '.join(vary)} has {len(chosen)} cells that "
+                        f"cannot tell the main effects apart ({needed} independent cells "
+                        "needed); use a smaller reduction or --design ofat")
     order = sorted(chosen, key=lambda c: tuple(position[k][lv] for k, lv in enumerate(c)))
     return [tuple(zip(vary, c, strict=True)) for c in order]
+
+
+def _main_effects_rank(cells: set[tuple[str, ...]], ordered: Sequence[Sequence[str]]) -> int:
+    """Rank of the main-effects model matrix (intercept + a dummy per non-reference level)."""
+    import numpy as np
+
+    rows = [[1.0] + [float(c[k] == lv) for k, levels in enumerate(ordered) for lv in levels[1:]]
+            for c in cells]
+    return int(np.linalg.matrix_rank(np.array(rows)))
 
 
 def describe(design: str) -> tuple[str, str]:

@@ -117,7 +117,7 @@ def test_design_is_stored_and_fingerprinted():
 
 def test_design_in_study_files_and_on_the_command_line(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text('vary = ["p", "norm"]\ndesign = "ofat"\n')
+    path.write_text('vary = ["p", "norm", "activation"]\ndesign = "ofat"\n')
     assert load_study_file(path).design == "ofat"
     over = build_spec(path, None, [], [], None, None, None, design="gsd=2")
     assert over.design == "gsd=2"

@@ -186,8 +186,8 @@ def test_the_fuzzers_reach_valid_specs(tmp_path):
     assert _outcome(lambda: build_spec(None, "p,placement", ["placement=stages=1,2,every=2"],
                                        ["epochs=1"], 2, "ok", None, design="ofat"))
     path = tmp_path / "ok.toml"
-    path.write_text(f'vary = {_toml(["p", "norm"])}\nlevels = {_toml({"p": [1, "inf"]})}\n'
-                    f'design = {_toml("gsd=2")}\n')
+    path.write_text(f'vary = {_toml(["p", "norm", "activation"])}\n'
+                    f'levels = {_toml({"p": [1, "inf"]})}\ndesign = {_toml("gsd=2")}\n')
     assert _outcome(lambda: load_study_file(path)).design == "gsd=2"
     assert os.path.exists(path)
 

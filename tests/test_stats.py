@@ -96,13 +96,35 @@ def test_factor_contrasts_and_negligible_factor() -> None:
 
 
 def test_screening_design_fits_main_effects_only_and_says_so() -> None:
-    values = _grid_values(np.random.default_rng(2))
-    s = summarize(_results(values, _spec(design="gsd=2")), importance=False)
-    table = anova_lm(ols("top1 ~ C(p) + C(activation) + C(seed)", _frame(values)).fit(), typ=2)
-    assert {t.term for t in s.anova} == {"p", "activation", "seed", "residual"}
+    from gct_ablate.spec import StudySpec, cell_id
+
+    levels = {"p": P_LEVELS, "norm": ["l2", "l1"], "activation": ACT_LEVELS}
+    spec = {**_spec(design="gsd=2"), "vary": list(levels), "levels": levels}
+    cells = [cell_id(c) for c in StudySpec.from_dict(spec).cells()]
+    assert len(cells) == 6  # half of the 12-cell grid
+    rng = np.random.default_rng(2)
+    b = rng.normal(0, 0.01, 4)
+    values = {c: list(0.95 - 0.01 * ("p=1 " in c) + b + rng.normal(0, 0.004, 4))
+              for c in cells}
+    s = summarize(_results(values, spec, ref="p=2 norm=l2 activation=tanh"),
+                  importance=False)
+    table = anova_lm(ols("top1 ~ C(p) + C(norm) + C(activation) + C(seed)",
+                         _frame(values)).fit(), typ=2)
+    assert {t.term for t in s.anova} == {"p", "norm", "activation", "seed", "residual"}
     assert next(t for t in s.anova if t.term == "p").F == pytest.approx(
         table.loc["C(p)", "F"], rel=1e-9)
     assert any("'gsd=2'" in n and "interactions" in n for n in s.notes)
+
+
+def test_confounded_cells_get_no_anova() -> None:
+    """Cells that cannot tell the effects apart (two factors changed together) give a note,
+    not numbers: here activation is sigmoid exactly where p is 1."""
+    rng = np.random.default_rng(3)
+    values = {c: list(0.95 + rng.normal(0, 0.004, 3)) for c in
+              ("p=1 activation=sigmoid", "p=2 activation=tanh", "p=inf activation=tanh")}
+    s = summarize(_results(values, _spec(seeds=3)), importance=False)
+    assert all(t.F is None for t in s.anova)
+    assert any("confounded" in n for n in s.notes)
 
 
 @pytest.mark.parametrize("values, note", [

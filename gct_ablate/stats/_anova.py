@@ -130,6 +130,12 @@ def factorial_anova(runs: Sequence[Run], factors: Sequence[str],
         block, formula = False, _formula([names[f] for f in used], interactions, False)
         out.formula = _formula(used, interactions, False)
         fit = _fit(formula, frame)
+    if fit.model.rank < fit.model.exog.shape[1]:  # the cells confound some effects
+        out.notes.append("the cells run cannot tell the effects apart (confounded terms): "
+                         "no ANOVA; run more cells (a smaller screening reduction)")
+        out.terms = [AnovaTerm(":".join(t), list(t), None, None, verdict=INCONCLUSIVE)
+                     for t in _terms(used, interactions)]
+        return out
     out.residual_df = float(fit.df_resid)
     if fit.df_resid <= 0:  # anova_lm cannot even form the tests
         out.notes.append("no residual degrees of freedom: F and p undefined (add seeds)")
