@@ -65,13 +65,16 @@ def default_workers() -> int:
     return min(os.cpu_count() or 1, 4)
 
 
-def preflight_data(spec: StudySpec) -> None:
-    """Fail before any training when a dataset of the grid cannot be loaded."""
+def preflight_data(spec: StudySpec, tracking_uri: str | None = None) -> None:
+    """Fail before any training when a dataset of the grid cannot be loaded, or a fine-tuning
+    cell's init_from does not fit its backbone (a run id is looked up in ``tracking_uri``)."""
     from gct_ablate.data import load_dataset
+    from gct_ablate.finetune import check_init
 
     datasets = spec.levels.get("dataset") or (spec.config(()).dataset,)
     for name in datasets:
         load_dataset(name, data_dir=spec.base.data_dir, download=spec.base.download)
+    check_init(spec, tracking_uri)
 
 
 def run_study(
@@ -105,7 +108,7 @@ def run_study(
     opened = open_storage(storage, out, heartbeat_interval=heartbeat,
                           grace_period=3 * heartbeat)
     check_tracking(uri)
-    preflight_data(spec)
+    preflight_data(spec, uri)
     tracker = Tracker(uri, artifact_root=out / "mlartifacts")
     prepared = prepare_study(spec, opened, tracker, retry_failed=retry_failed)
     n_workers = workers or default_workers()
@@ -174,7 +177,7 @@ def join_study(
     check_tracking(tracking_uri or found.user_attrs["tracking_uri"])
     base = base or TrialConfig()
     spec = spec_from_attrs(found.user_attrs, base)
-    preflight_data(spec)
+    preflight_data(spec, tracking_uri or found.user_attrs["tracking_uri"])
     opts = WorkerOptions(study_name=name, storage=storage, out_dir=str(out), base=base,
                          tracking_uri=tracking_uri, heartbeat_interval=heartbeat,
                          grace_period=3 * heartbeat)
