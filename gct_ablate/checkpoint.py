@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ def read_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | No
     try:
         raw = path.read_bytes()
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as err:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise UsageError(f"{path}: not a torch state dict ({first})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

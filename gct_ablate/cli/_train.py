@@ -144,7 +144,7 @@ def train(
             what = (f"step 0 ({cfg.init_from} with {cfg.attention} added at identity)"
                     if name == "init" else f"after the {name} stage (epoch {epoch})")
             console.print(f"{what}: val top-1 {100 * m['val_top1']:.2f} %, "
-                          f"val loss {m['val_loss']:.4f}", highlight=False)
+                          f"val loss {m['val_loss']:.4f}", highlight=False, soft_wrap=True)
 
         def on_end(model: Any, data: Any, dev: Any) -> None:
             if save is not None:
