@@ -18,18 +18,22 @@ from gct_ablate.errors import UsageError
 
 @dataclass
 class CellGates:
-    """One cell's gate statistics: per seed (``gate_stats`` rows) and pooled over seeds."""
+    """One cell's gate statistics: per seed (``gate_stats`` rows), pooled over seeds, and the
+    test of the paper's depth claim (:class:`~gct_ablate.analysis.trend.DepthTrend`)."""
 
     cell: str
     stats: list[list[dict[str, Any]]]
     pooled: list[dict[str, Any]]
     where: str = ""  # where its figure went ("" when the cell has no GCT module)
+    trend: Any = None  # DepthTrend; None when the cell has no GCT module
 
 
 def gate_analysis(study: str, *, cell: str | None = None, storage: str | None = None,
                   out: str | Path = DEFAULT_OUT, output: Path | None = None) -> list[CellGates]:
-    """Pool each cell's per-seed gate statistics; a figure per cell (PNG + parent run)."""
+    """Pool each cell's per-seed gate statistics and test the depth claim; a figure per cell
+    (PNG + parent run)."""
     from gct_ablate.analysis.gates import plot_gates, pool_stats
+    from gct_ablate.analysis.trend import depth_trend
     from gct_ablate.artifacts import RunStore, completed_by_cell, load_study_results, tracking_uri
 
     out = Path(out)
@@ -42,7 +46,8 @@ def gate_analysis(study: str, *, cell: str | None = None, storage: str | None = 
             stats = [s for t in trials if (s := store.gates(t.mlflow_run_id))]
             found = CellGates(name, stats, pool_stats(stats) if stats else [])
             if stats:
-                fig = plot_gates(stats, f"{study}: {name or '(single cell)'}")
+                found.trend = depth_trend(stats)
+                fig = plot_gates(stats, f"{study}: {name or '(single cell)'}", found.trend)
                 path = png_path(output, out, f"{study}-gates", slug(name), len(groups) > 1)
                 found.where = save_figure(fig, path, store.client, parent,
                                           f"gates/{slug(name)}.png")

@@ -24,9 +24,13 @@ def gates(
 
     Per GCT module: gamma (> 0 channels compete, < 0 they cooperate), the gate on
     validation data and its near-identity channels; a table and a PNG, logged to MLflow.
+    Per cell, the paper's claim (gamma < 0 in shallow layers, > 0 in deep ones) is tested:
+    Spearman rho of module mean gamma with depth and the mean gamma of the first and last
+    third, each with a 95 % t interval over seeds: reproduced, opposite or not detected.
     """
     from gct_ablate.analysis.gates import gates_table
     from gct_ablate.analysis.runs import gate_analysis
+    from gct_ablate.analysis.trend import trend_text
 
     for found in gate_analysis(study, cell=cell, storage=storage, out=out, output=output):
         label = found.cell or "(single cell)"
@@ -35,6 +39,7 @@ def gates(
             continue
         console.print(gates_table(found.pooled, f"{study}: {label} "
                                   f"({len(found.stats)} seeds pooled)"))
+        console.print(f"[bold]{label}[/]: {trend_text(found.trend)}", highlight=False)
         console.print(found.where, highlight=False)
 
 
