@@ -31,6 +31,15 @@ runner = CliRunner()
 PLAIN = TrialConfig(attention="none", epochs=1, threads=1, device="cpu", seed=0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: the machine is shared, and oversubscribed threads crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     """(path, metrics, model) of a plain digits ResNet-20 trained 1 epoch, saved by
