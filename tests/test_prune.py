@@ -290,7 +290,7 @@ def test_both_modes_plot_as_small_multiples_with_the_legend_outside(tmp_path) ->
     assert "fold" in fig.axes[1].get_title()
     fig.savefig(tmp_path / "modes.png")
     table = prune_modes_table(curves, "gate")
-    assert [c.header for c in table.columns] == ["removed %", "modules", "gate, identity",
-                                                  "random, identity", "gate, fold",
-                                                  "random, fold"]
+    assert [c.header for c in table.columns] == ["removed %", "modules", "gate\nidentity",
+                                                  "random\nidentity", "gate\nfold",
+                                                  "random\nfold"]
     assert table.row_count == 2

@@ -188,20 +188,22 @@ def plot_prune(curves: dict[str, Curves | dict[str, Curves]], order: str, title:
     """Top-1 vs fraction of GCT modules removed, one panel per removal mode (shared y): per
     label (a colour), ``order`` (solid) and the random control (dashed), with confidence
     bands where points carry ``low``/``high``. A value of ``curves`` is (ranked, random) of
-    identity removal, or {mode: (ranked, random)}. The legend sits below the panels."""
+    identity removal, or {mode: (ranked, random)}. The legend sits below the panels; the y
+    range follows the curves (a band of few seeds may run past it)."""
     from matplotlib.lines import Line2D
 
     by_label = {k: v if isinstance(v, dict) else {"identity": v} for k, v in curves.items()}
     modes = [m for m in MODES if any(m in v for v in by_label.values())]
     fig = Figure(figsize=(1.5 + 4.2 * len(modes), 4.6), layout="constrained")
     axes = fig.subplots(1, len(modes), sharey=True, squeeze=False)[0]
+    seen: list[float] = []  # the y range follows the curves, not their (wide) bands
     for ax, mode in zip(axes, modes, strict=True):
         for i, by_mode in enumerate(by_label.values()):
             for points, style, alpha in zip(by_mode.get(mode, ()), ("o-", "s--"), (0.15, 0.07),
                                             strict=False):
                 x = [100 * p.fraction for p in points]
-                ax.plot(x, [100 * p.val_top1 for p in points], style, color=f"C{i % 10}", ms=3,
-                        lw=1.3)
+                seen += [100 * p.val_top1 for p in points]
+                ax.plot(x, seen[-len(x):], style, color=f"C{i % 10}", ms=3, lw=1.3)
                 low, high = [getattr(p, "low", None) for p in points], [
                     getattr(p, "high", None) for p in points]
                 if all(v is not None for v in low + high):
@@ -212,6 +214,8 @@ def plot_prune(curves: dict[str, Curves | dict[str, Curves]], order: str, title:
         ax.set_xlabel("GCT modules removed (%)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation top-1 (%)")
+    if seen:
+        axes[0].set_ylim(max(0.0, min(seen) - 5), min(100.0, max(seen) + 5))
     handles = [Line2D([], [], color="0.3", ls="-", marker="o", ms=3, label=f"{order} order"),
                Line2D([], [], color="0.3", ls="--", marker="s", ms=3, label="random order")]
     if len(by_label) > 1 or any(by_label):
@@ -256,9 +260,9 @@ def prune_modes_table(curves: dict[str, Curves], order: str, title: str = "") ->
     table = Table(title=title or None, caption=caption)
     table.add_column("removed %", justify="right")
     table.add_column("modules", justify="right")
-    for mode in curves:
-        table.add_column(f"{order}, {mode}", justify="right")
-        table.add_column(f"random, {mode}", justify="right")
+    for mode in curves:  # two-line headers: order, then mode
+        table.add_column(f"{order}\n{mode}", justify="right")
+        table.add_column(f"random\n{mode}", justify="right")
     columns = [p for ranked, random in curves.values() for p in (ranked, random)]
     for points in zip(*columns, strict=True):
         table.add_row(f"{100 * points[0].fraction:.0f}", str(points[0].n_removed),
