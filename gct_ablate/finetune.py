@@ -67,7 +67,9 @@ class Stage:
 
 
 def training_stages(cfg: TrialConfig) -> list[Stage]:
-    """The stages of a run, covering its ``epochs`` (see the module doc)."""
+    """The stages of a run, covering its ``epochs`` (see the module doc); a SpecError when
+    its fine-tuning settings do not go together."""
+    cfg.check_training()
     if cfg.training != "finetune-staged":
         return [Stage("train" if cfg.training == "scratch" else "joint", 1, cfg.epochs, cfg.lr,
                       False)]
@@ -218,6 +220,7 @@ def check_init(spec: StudySpec, tracking_uri: str | None = None) -> None:
     for cell in spec.cells():
         try:
             cfg = spec.config(cell)
+            cfg.check_training()
         except SpecError as err:  # e.g. a fine-tuning cell without init_from
             raise SpecError(f"cell {cell_id(cell)}: {err}") from None
         key = (cfg.model, cfg.dataset, cfg.init_from, cfg.attention, cfg.placement)

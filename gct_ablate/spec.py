@@ -97,9 +97,10 @@ class TrialConfig:
             raise SpecError(f"invalid threads {self.threads}; must be >= 1")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise SpecError(f"invalid amp {self.amp!r}; valid: auto, bf16, fp16, none")
-        self._check_training()
 
-    def _check_training(self) -> None:
+    def check_training(self) -> None:
+        """A SpecError when the fine-tuning settings do not go together (checked before a run,
+        not at construction: a study file may leave init_from to the command line)."""
         if self.training == "scratch":
             return
         if self.init_from == "none":

@@ -152,6 +152,7 @@ def train_eval(
 def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None,
                 on_stage: OnStage | None, tracking_uri: str | None) -> dict[str, Any]:
     start = time.perf_counter()
+    stages = finetune.training_stages(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model, data = build_trial(cfg, device)
@@ -173,7 +174,7 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None,
 
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     steps_per_epoch = math.ceil(data.train_y.numel() / cfg.batch_size)
-    stages, staged = finetune.training_stages(cfg), {}
+    staged: dict[str, float] = {}
     if cfg.training != "scratch":
         staged = _stage_end(on_stage, "init", 0, evaluate(model, data, cfg.batch_size, autocast))
     generator = torch.Generator(device=data.train_x.device).manual_seed(cfg.seed)

@@ -264,12 +264,17 @@ def test_training_settings_are_validated_and_canonical(tmp_path, monkeypatch) ->
         "torchvision:IMAGENET1K_V1"
     assert canonical_level("init_from", "None") == "none"
     with pytest.raises(SpecError, match="needs init_from"):
-        TrialConfig(training="finetune-joint")
+        TrialConfig(training="finetune-joint").check_training()
     with pytest.raises(SpecError, match="1 <= gct_epochs <= epochs"):
-        TrialConfig(training="finetune-staged", init_from="m.pt", epochs=2, gct_epochs=3)
+        training_stages(TrialConfig(training="finetune-staged", init_from="m.pt", epochs=2,
+                                    gct_epochs=3))
     with pytest.raises(SpecError, match="has none"):
-        TrialConfig(training="finetune-staged", init_from="m.pt", attention="none")
-    TrialConfig(training="scratch", gct_epochs=0)  # stage settings do not matter from scratch
+        train_eval(TrialConfig(training="finetune-staged", init_from="m.pt", attention="none"))
+    TrialConfig(gct_epochs=0).check_training()  # stage settings do not matter from scratch
+    # a study file may fix the training and leave init_from to the command line
+    staged = StudySpec(fixed={"training": "finetune-staged", "epochs": 2})
+    assert staged.with_overrides(fixed={"init_from": "m.pt"}).config(()).init_from == str(
+        tmp_path / "m.pt")
 
 
 def test_train_save_then_init_from_with_stages_end_to_end(tmp_path, monkeypatch) -> None:

@@ -1,8 +1,11 @@
-"""Analyses over a study's stored runs: gate statistics per cell, post-hoc prune curves.
+"""Analyses over a study's stored runs: gate statistics and the depth claim per cell,
+post-hoc prune curves by removal mode, pruned networks exported.
 
 What ``gct-ablate gates`` and ``gct-ablate prune`` do, as functions: they read the trials'
 MLflow artifacts (gate statistics, trained weights), write the figures beside the stores
-and log them on the study's parent run, and return the numbers for the caller to show.
+and log them on the study's parent run, and return the numbers for the caller to show
+(:func:`gate_analysis` -> :class:`CellGates` with its ``trend``; :func:`prune_analysis` ->
+:class:`PruneResult`; one network's curves by mode: :func:`prune_curves_by_mode`).
 """
 
 from __future__ import annotations

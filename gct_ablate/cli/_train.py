@@ -14,7 +14,6 @@ from gct_ablate.cli._options import (
     Device,
     Download,
     Threads,
-    TrackingUri,
     factor_option,
 )
 from gct_ablate.errors import UsageError
@@ -91,9 +90,11 @@ def train(
     gct_lr: Annotated[float, typer.Option(
         help="Peak learning rate of the gct stage of --stages.")] = 0.1,
     save: Annotated[Path | None, typer.Option(
-        help="Write the trained state dict to PATH and its config to PATH.json (for "
-        "--init-from, or `gct-ablate prune`'s exports).")] = None,
-    tracking_uri: TrackingUri = None,
+        help="Write the trained state dict to PATH and its config to PATH.json (read back "
+        "by --init-from and `gct-ablate evaluate`).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="Where an MLflow run id of --init-from is looked up. Default: "
+        "$MLFLOW_TRACKING_URI, else the store in ./gct-ablate-runs.")] = None,
 ) -> None:
     """Train one configuration and print its metrics (no Optuna, no MLflow).
 
