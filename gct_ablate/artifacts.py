@@ -7,7 +7,6 @@ Each COMPLETE trial's MLflow run holds ``config.json`` (``dataclasses.asdict(Tri
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -131,20 +130,19 @@ class RunStore:
         """(model with its trained weights, TrialConfig, Dataset on device) of one run."""
         import torch
 
+        from gct_ablate.models import build_trial
         from gct_ablate.spec import TrialConfig
-        from gct_ablate.train import build_trial
 
         raw = self.json(run_id, "config.json")
         if raw is None:
             raise UsageError(f"MLflow run {run_id} has no config.json artifact")
-        fields = {f.name for f in dataclasses.fields(TrialConfig)}
-        cfg = TrialConfig(**{k: v for k, v in raw.items() if k in fields})
+        cfg = TrialConfig.from_dict(raw)
         weights = self.download(run_id, "model/state_dict.pt")
         if weights is None:
             raise UsageError(f"MLflow run {run_id} has no model/state_dict.pt (trained with "
                              "save_model off?)")
-        model, data = build_trial(cfg.replace(download=False), device)
+        model, data = build_trial(cfg.replace(download=False), "cpu")
         state = torch.load(weights, map_location="cpu", weights_only=True)
         state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
         model.load_state_dict(state)
-        return model.to(device).eval(), cfg, data
+        return model.to(device).eval(), cfg, data.to(device)

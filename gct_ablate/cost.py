@@ -160,7 +160,8 @@ def calibrate(cfg: TrialConfig, threads: int | None = None, budget: float = 1.0)
     import torch
     import torch.nn.functional as F
 
-    from gct_ablate.train import build_trial, param_groups, resolve_device
+    from gct_ablate.models import build_trial
+    from gct_ablate.train import param_groups, resolve_device
 
     previous = torch.get_num_threads()
     if threads:

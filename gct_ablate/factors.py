@@ -8,6 +8,8 @@ The canonical text is what cell ids, Optuna params and MLflow params hold.
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -142,6 +144,30 @@ def parse_placement(raw: Any) -> str:
     )
 
 
+TRAININGS = ("scratch", "finetune-joint", "finetune-staged")
+_RUN_ID = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def parse_init_from(raw: Any) -> str:
+    """'none', an MLflow run id (32 hex digits), 'torchvision:WEIGHTS' or a file path.
+
+    A path is made absolute here, so the trials of a study find the file whichever folder
+    their worker was started in (the canonical text is what the study stores).
+    """
+    text = _text(raw)
+    if text.lower() in ("", "none"):
+        return "none"
+    if _RUN_ID.fullmatch(text) and not os.path.exists(text):
+        return text.lower()
+    if text.lower().startswith("torchvision:"):
+        weights = text.split(":", 1)[1].strip().upper()
+        if not weights:
+            raise FactorError("invalid init_from 'torchvision:'; name the weights, e.g. "
+                              "torchvision:IMAGENET1K_V1")
+        return f"torchvision:{weights}"
+    return os.path.abspath(os.path.expanduser(text))
+
+
 REMOVALS = ("none", "alpha", "beta", "alpha+beta", "gamma-fixed")
 ATTENTIONS = ATTENTION_KINDS
 MODELS = ("resnet20", "resnet32", "resnet56", "resnet110", "resnet18", "resnet34", "resnet50")
@@ -213,6 +239,20 @@ FACTORS: dict[str, Factor] = {
            group="training", choices=SCHEDULES),
         _f("warmup_epochs", _number("warmup_epochs", int, 0, False), ("1",), "1",
            "epochs of linear warm-up from 0.1 x lr", group="training"),
+        _f("training", _choice("training", TRAININGS), TRAININGS, "scratch",
+           "scratch (random init), or fine-tuning the init_from backbone with attention added "
+           "at identity: finetune-joint (all parameters) or finetune-staged (gct_epochs of "
+           "attention alone, then the rest of the epochs jointly)", group="training",
+           choices=TRAININGS),
+        _f("init_from", parse_init_from, ("none",), "none",
+           "fine-tuning's starting weights: a backbone trained with attention=none (a file of "
+           "`gct-ablate train --save`, an MLflow run id, a torchvision ResNet state dict file, "
+           "or torchvision:WEIGHTS from the local torch hub cache)", group="training"),
+        _f("gct_epochs", _number("gct_epochs", int, 0, False), ("1",), "1",
+           "finetune-staged: epochs (of the total) training the attention modules alone",
+           group="training"),
+        _f("gct_lr", _number("gct_lr", float, 0.0, True), ("0.1",), "0.1",
+           "finetune-staged: peak learning rate of the attention-only stage", group="training"),
         _f("label_smoothing", _number("label_smoothing", float, 0.0, False), ("0", "0.1"), "0",
            "label smoothing of the cross-entropy loss", group="training"),
     )

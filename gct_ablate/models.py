@@ -19,22 +19,31 @@ Placements (canonical strings of :func:`gct_ablate.factors.parse_placement`):
 - ``none``: no attention (as is ``attention="none"``).
 
 Before-conv modules wrap the conv as ``GatedConv(attn, conv)`` (name ``...conv1.attn``);
-after-block modules wrap the last BN as ``nn.Sequential(bn, attn)`` (name ``...bn2.1``).
-Submodules are registered in forward order, so ``named_modules`` order is depth order.
+after-block modules wrap the last BN as ``AfterBN(bn, attn)``, an ``nn.Sequential`` (name
+``...bn2.1``). Submodules are registered in forward order, so ``named_modules`` order is depth
+order. :func:`backbone_keys` maps the state-dict keys of such a model to those of the plain
+backbone (the one place the wrappers' naming is spelled out); :func:`wrapper_of` finds the
+wrapper of an attention module and the plain module inside it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torchvision
 from torch import Tensor, nn
 
 from gct_ablate.factors import MODELS, parse_placement
 from gct_ablate.gct import ATTENTION_KINDS, GatedConv, is_attention, make_attention
+
+if TYPE_CHECKING:
+    import torch
+
+    from gct_ablate.data import Data
+    from gct_ablate.spec import TrialConfig
 
 CIFAR_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "resnet110": 110}
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50")
@@ -111,6 +120,13 @@ def _torchvision_resnet(name: str, num_classes: int, in_channels: int, small_inp
 
 
 # --------------------------------------------------------------------------- placement
+class AfterBN(nn.Sequential):
+    """The after-block wrapper: the block's last BN, then its attention module."""
+
+    def __init__(self, bn: nn.Module, attn: nn.Module) -> None:
+        super().__init__(bn, attn)
+
+
 @dataclass(frozen=True)
 class _Slot:
     parent: nn.Module
@@ -169,7 +185,7 @@ def insert_attention(model: nn.Module, attention: str, placement: str,
             attr = "bn3" if hasattr(block, "bn3") else "bn2"
             bn = getattr(block, attr)
             attn = make_attention(attention, bn.num_features, **options)
-            setattr(block, attr, nn.Sequential(bn, attn))
+            setattr(block, attr, AfterBN(bn, attn))
         return
     for slot in _select(model, placement, model_name):
         conv = getattr(slot.parent, slot.attr)
@@ -203,6 +219,15 @@ def build_model(
         raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
     insert_attention(net, attention, placement, attention_options, name)
     return net
+
+
+def model_for(cfg: TrialConfig, num_classes: int, in_channels: int, small_input: bool = True
+              ) -> nn.Module:
+    """The network of a run's configuration (model, attention, placement, GCT options) for
+    data of ``num_classes`` classes and ``in_channels`` channels."""
+    return build_model(cfg.model, num_classes, in_channels, attention=cfg.attention,
+                       placement=cfg.placement, attention_options=cfg.attention_options(),
+                       small_input=small_input)
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -242,3 +267,75 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
                 seen.add(id(p))
                 attn += p.numel()
     return total, attn
+
+
+# ------------------------------------------------------------------ plain <-> attention
+def _wrappers(model: nn.Module) -> Iterator[tuple[str, str, str]]:
+    """(wrapper name, prefix of its plain module, prefix of its attention module)."""
+    for name, module in model.named_modules():
+        if isinstance(module, GatedConv):
+            yield name, f"{name}.conv.", f"{name}.attn."
+        elif isinstance(module, AfterBN):
+            yield name, f"{name}.0.", f"{name}.1."
+
+
+def backbone_keys(model: nn.Module) -> dict[str, str]:
+    """This model's state-dict keys of backbone tensors -> their keys in the plain backbone
+    (``attention="none"``); attention keys are left out.
+
+    ``GatedConv(attn, conv)`` at ``N`` holds the conv as ``N.conv`` (``N.weight`` becomes
+    ``N.conv.weight``, ``N.attn.*`` is attention); ``AfterBN(bn, attn)`` at ``N`` holds the BN
+    as ``N.0`` (``N.weight`` becomes ``N.0.weight``, ``N.1.*`` is attention).
+    """
+    renames = [(inner, f"{name}.") for name, inner, _ in _wrappers(model)]
+    attention = tuple(attn for _, _, attn in _wrappers(model))
+    out = {}
+    for key in model.state_dict():
+        if key.startswith(attention):
+            continue
+        out[key] = next((plain + key[len(inner):] for inner, plain in renames
+                         if key.startswith(inner)), key)
+    return out
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    """Where an attention module sits: ``setattr(parent, attr, plain)`` takes it out."""
+
+    parent: nn.Module
+    attr: str
+    wrapper: nn.Module  # the GatedConv or AfterBN
+    plain: nn.Module  # the conv after the attention module, or the BN before it
+
+
+def wrapper_of(model: nn.Module, site_name: str) -> Wrapped | None:
+    """The wrapper of the attention module called ``site_name``; None when it has none."""
+    wrapper_name, _, _ = site_name.rpartition(".")
+    wrapper = model.get_submodule(wrapper_name)
+    parent_name, _, attr = wrapper_name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    if isinstance(wrapper, GatedConv):
+        return Wrapped(parent, attr, wrapper, wrapper.conv)
+    if isinstance(wrapper, AfterBN):
+        return Wrapped(parent, attr, wrapper, wrapper[0])
+    return None
+
+
+def unwrap(model: nn.Module, site_names: Iterable[str]) -> None:
+    """Take the attention modules ``site_names`` out of ``model`` for good: each wrapper is
+    replaced by its plain module (the structure of a pruned network)."""
+    for name in list(site_names):
+        found = wrapper_of(model, name)
+        if found is None:
+            raise ValueError(f"{name!r} is not an attention module of this model")
+        setattr(found.parent, found.attr, found.plain)
+
+
+def build_trial(cfg: TrialConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, Data]:
+    """The model (at its initial weights for the current RNG state) and the data of a trial,
+    both on ``device``."""
+    from gct_ablate.data import load_dataset
+
+    data = load_dataset(cfg.dataset, **cfg.data_options()).to(device)
+    model = model_for(cfg, data.num_classes, data.in_channels, data.image_size <= 64).to(device)
+    return model, data

@@ -48,6 +48,10 @@ class TrialConfig:
     train_size: int | str = "all"  # a number of images, or "all"
     val_size: int | str = "all"
     image_size: int | str = "auto"  # pixels, or "auto" (the dataset's own)
+    training: str = "scratch"  # scratch | finetune-joint | finetune-staged
+    init_from: str = "none"  # the backbone fine-tuning starts from
+    gct_epochs: int = 1  # finetune-staged: the first gct_epochs train attention alone
+    gct_lr: float = 0.1  # finetune-staged: learning rate of that stage
     # --- not factors: the replicate and how/where to run
     seed: int = 0
     data_dir: str | None = None
@@ -80,6 +84,30 @@ class TrialConfig:
             raise SpecError(f"invalid loader_workers {self.loader_workers}; must be >= 0")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise SpecError(f"invalid amp {self.amp!r}; valid: auto, bf16, fp16, none")
+
+    def check_training(self) -> None:
+        """A SpecError when the fine-tuning settings do not go together (checked before a run,
+        not at construction: a study file may leave init_from to the command line)."""
+        if self.training == "scratch":
+            return
+        if self.init_from == "none":
+            raise SpecError(f"training={self.training} needs init_from: a backbone trained "
+                            "with attention=none (--set init_from=PATH or RUN_ID)")
+        if self.training == "finetune-staged":
+            if self.attention == "none" or self.placement == "none":
+                raise SpecError("training=finetune-staged trains the attention modules alone "
+                                "first; this configuration has none")
+            if not 1 <= self.gct_epochs <= self.epochs:
+                raise SpecError(f"training=finetune-staged needs 1 <= gct_epochs <= epochs "
+                                f"(epochs counts both stages); got gct_epochs="
+                                f"{self.gct_epochs}, epochs={self.epochs}")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> TrialConfig:
+        """A config back from ``dataclasses.asdict`` (keys it does not know are ignored, so
+        configs stored by other versions still load)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
 
     def replace(self, **changes: Any) -> TrialConfig:
         return dataclasses.replace(self, **changes)

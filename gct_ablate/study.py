@@ -71,10 +71,11 @@ def default_workers() -> int:
     return min(os.cpu_count() or 1, 4)
 
 
-def preflight_data(spec: StudySpec) -> None:
-    """Fail before any training when the data of a cell cannot be loaded (a dataset not
-    found, a train_size above the dataset's size...)."""
+def preflight_data(spec: StudySpec, tracking_uri: str | None = None) -> None:
+    """Fail before any training when a dataset of the grid cannot be loaded, or a fine-tuning
+    cell's init_from does not fit its backbone (a run id is looked up in ``tracking_uri``)."""
     from gct_ablate.data import load_dataset
+    from gct_ablate.finetune import check_init
 
     seen = set()
     for cell in spec.cells():
@@ -83,6 +84,7 @@ def preflight_data(spec: StudySpec) -> None:
         if key not in seen:
             seen.add(key)
             load_dataset(cfg.dataset, **cfg.data_options())
+    check_init(spec, tracking_uri)
 
 
 def run_study(
@@ -236,7 +238,7 @@ def join_study(
     check_tracking(tracking_uri or found.user_attrs["tracking_uri"])
     base = base or TrialConfig()
     spec = spec_from_attrs(found.user_attrs, base)
-    preflight_data(spec)
+    preflight_data(spec, tracking_uri or found.user_attrs["tracking_uri"])
     opts = WorkerOptions(study_name=name, storage=storage, out_dir=str(out), base=base,
                          tracking_uri=tracking_uri, heartbeat_interval=heartbeat,
                          grace_period=3 * heartbeat)

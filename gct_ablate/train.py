@@ -2,6 +2,8 @@
 
 Knows nothing of Optuna or MLflow: per-epoch values go to ``report(epoch, metrics)``
 (which may raise to stop the run, e.g. for pruning), the final metrics are returned.
+Fine-tuning runs (``training`` other than scratch) start from ``init_from`` and train in
+stages: :mod:`gct_ablate.finetune`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gct_ablate import finetune
 from gct_ablate._util import raise_pending
-from gct_ablate.data import Data, load_dataset
+from gct_ablate.data import Data
 from gct_ablate.gct import GCT, _kernel
-from gct_ablate.models import attention_modules, build_model, count_parameters
+from gct_ablate.models import attention_modules, build_trial, count_parameters
 from gct_ablate.spec import TrialConfig
 
 Report = Callable[[int, dict[str, float]], None]
 OnEnd = Callable[[nn.Module, Data, torch.device], dict[str, Any] | None]
+OnStage = Callable[[str, int, dict[str, float]], None]  # (stage, epoch, validation metrics)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -63,10 +67,12 @@ def param_groups(model: nn.Module, weight_decay: float, beta_decay: bool) -> lis
     return groups
 
 
-def lr_factor(step: int, steps_per_epoch: int, cfg: TrialConfig) -> float:
-    """Linear warm-up from 0.1 x lr, then cosine to 0 or step decay x0.1 at 50% and 75%."""
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrialConfig, epochs: int | None = None
+              ) -> float:
+    """Linear warm-up from 0.1 x lr, then cosine to 0 or step decay x0.1 at 50% and 75%,
+    over ``epochs`` (default ``cfg.epochs``; a training stage passes its own)."""
     warm = cfg.warmup_epochs * steps_per_epoch
-    total = cfg.epochs * steps_per_epoch
+    total = (cfg.epochs if epochs is None else epochs) * steps_per_epoch
     if step < warm:
         return 0.1 + 0.9 * step / warm
     progress = (step - warm) / max(1, total - warm)
@@ -107,46 +113,43 @@ def gct_implementation(cfg: TrialConfig, device: torch.device) -> str:
     return "C kernel" if _kernel.library() is not None else _kernel.describe()
 
 
-def build_trial(cfg: TrialConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, Data]:
-    """The model (at its initial weights for the current RNG state) and the data of a trial,
-    both on ``device``."""
-    data = load_dataset(cfg.dataset, **cfg.data_options()).to(device)
-    model = build_model(
-        cfg.model, data.num_classes, data.in_channels,
-        attention=cfg.attention, placement=cfg.placement,
-        attention_options=cfg.attention_options(), small_input=data.image_size <= 64,
-    ).to(device)
-    return model, data
-
-
 def train_eval(
     cfg: TrialConfig,
     report: Report | None = None,
     *,
     on_end: OnEnd | None = None,
+    on_stage: OnStage | None = None,
+    tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Train one configuration and return its final metrics.
 
     ``metrics['status']`` is 'ok', or 'diverged' when the loss became NaN/inf (the run
     stops at that epoch; the metrics are those of the last evaluation).
     ``on_end(model, data, device)`` runs after training; its dict is merged into the result.
+    Fine-tuning: ``on_stage(stage, epoch, metrics)`` gets the validation metrics of the loaded
+    network ("init", epoch 0) and at the end of each stage, and the result holds them as
+    ``val_top1_step0`` (``val_loss_step0``) and, for finetune-staged, ``val_top1_after_gct``.
+    ``tracking_uri`` is where an MLflow run id in ``init_from`` is looked up.
     ``cfg.threads`` applies while it runs; the caller's thread count is restored after.
     """
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train_eval(cfg, report, on_end)
+        return _train_eval(cfg, report, on_end, on_stage, tracking_uri)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None
-                ) -> dict[str, Any]:
+def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None,
+                on_stage: OnStage | None, tracking_uri: str | None) -> dict[str, Any]:
     start = time.perf_counter()
+    stages = finetune.training_stages(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model, data = build_trial(cfg, device)
+    if cfg.training != "scratch":
+        finetune.load_backbone(model, cfg, data.num_classes, tracking_uri)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -162,19 +165,25 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None
         return torch.autocast(device.type, dtype=dtype)
 
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-    optimizer = torch.optim.SGD(
-        param_groups(model, cfg.weight_decay, cfg.beta_decay),
-        lr=cfg.lr, momentum=0.9, nesterov=True,
-    )
     steps_per_epoch = data.num_batches("train", cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg)
-    )
+    staged: dict[str, float] = {}
+    if cfg.training != "scratch":
+        staged = _stage_end(on_stage, "init", 0, evaluate(model, data, cfg.batch_size, autocast))
     generator = data.generator(cfg.seed)
     metrics: dict[str, Any] = {"val_loss": math.nan, "val_top1": 0.0, "val_top5": 0.0}
     status, epochs_done, train_loss = "ok", 0, math.nan
     for epoch in range(1, cfg.epochs + 1):
-        step_model.train()
+        stage = finetune.stage_at(stages, epoch)
+        if epoch == stage.first_epoch:  # its trainable parameters, optimizer and schedule
+            stage.set_trainable(model)
+            optimizer = torch.optim.SGD(
+                param_groups(model, cfg.weight_decay, cfg.beta_decay),
+                lr=stage.lr, momentum=0.9, nesterov=True,
+            )
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step, n=stage.epochs: lr_factor(step, steps_per_epoch, cfg, n)
+            )
+        stage.train_mode(step_model)
         loss_sum = torch.zeros((), device=device)
         count = 0
         for x, y in data.batches(
@@ -202,8 +211,12 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None
         epoch_metrics = {"train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0]}
         if report is not None:
             report(epoch, epoch_metrics)
+        if cfg.training != "scratch" and epoch == stage.last_epoch:
+            staged.update(_stage_end(on_stage, stage.name, epoch, metrics))
+    finetune.train_all(model)
     result: dict[str, Any] = {
         **metrics,
+        **staged,
         "train_loss": train_loss,
         "status": status,
         "epochs_done": epochs_done,
@@ -217,3 +230,13 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None
         result.update(on_end(model, data, device) or {})
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def _stage_end(on_stage: OnStage | None, name: str, epoch: int, metrics: dict[str, float]
+               ) -> dict[str, float]:
+    """Tell ``on_stage``; the metrics a fine-tuning result keeps of this stage."""
+    if on_stage is not None:
+        on_stage(name, epoch, metrics)
+    if name == "init":
+        return {"val_top1_step0": metrics["val_top1"], "val_loss_step0": metrics["val_loss"]}
+    return {f"val_top1_after_{name}": metrics["val_top1"]} if name == "gct" else {}

@@ -195,7 +195,7 @@ def run_trial(
     from gct_ablate.train import train_eval
 
     try:
-        metrics = train_eval(cfg, report, on_end=on_end)
+        metrics = train_eval(cfg, report, on_end=on_end, tracking_uri=tracker.uri)
     except optuna.TrialPruned as err:
         trial.set_user_attr("status_reason", str(err))
         tracker.end_trial(run_id, "FINISHED", str(err))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +13,19 @@ from typer.testing import CliRunner
 from gct_ablate.analysis.gates import gate_stats
 from gct_ablate.artifacts import RunStore, load_study_results
 from gct_ablate.cli import app
+from gct_ablate.data import load_dataset
 from gct_ablate.train import evaluate
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: the machine is shared, and oversubscribed threads crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +57,10 @@ def test_gates_pools_each_cell_and_logs_to_the_parent_run(study, tmp_path) -> No
     results = load_study_results("vary-p", None, study)
     uri, parent = results.tracking["tracking_uri"], results.tracking["mlflow_parent_run_id"]
     assert _artifacts(uri, parent, "gates") == {"gates/p=1.png", "gates/p=2.png"}
+    verdicts = re.findall(r"p=[12]: depth trend \(paper: γ < 0 shallow, > 0 deep\): "
+                          r"(REPRODUCED|OPPOSITE|NOT DETECTED): ", result.output)
+    assert len(verdicts) == 2, result.output  # one verdict per cell
+    assert "Spearman ρ(γ, depth)" in result.output and "2 seeds, 95% t intervals" in result.output
     one = runner.invoke(app, ["gates", "vary-p", "--out", str(study), "--cell", "p=2",
                               "--output", str(tmp_path / "g.png")])
     assert one.exit_code == 0 and "p=1" not in one.output
@@ -96,7 +111,37 @@ def test_prune_a_run_by_id(study) -> None:
     assert (study / f"run-{run_id[:8]}-prune-gamma.png").exists()
 
 
+def test_prune_fold_shows_both_modes_and_exports_loadable_networks(study, tmp_path) -> None:
+    from gct_ablate.checkpoint import load_model
+
+    result = runner.invoke(app, ["prune", "vary-p", "--cell", "p=2", "--mode", "fold",
+                                 "--out", str(study), "--export", str(tmp_path / "net.pt")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    at = next(i for i, line in enumerate(lines) if "removed %" in line)
+    assert re.findall(r"identity|fold", lines[at]) == ["identity", "identity", "fold", "fold"]
+    assert re.findall(r"gate|random", lines[at - 1]) == ["gate", "random", "gate", "random"]
+    assert "(order: gate, mode: fold)" in result.output
+    assert (study / "vary-p-prune-gate-fold.png").read_bytes()[:4] == b"\x89PNG"
+    printed = dict(re.findall(r"exported (\S+) \(\+ .json\): .*? val top-1 ([\d.]+) %",
+                              result.output))
+    assert sorted(Path(p).name for p in printed) == ["net-seed0.pt", "net-seed1.pt"]
+    for path, top1 in printed.items():
+        saved = load_model(path)
+        assert saved.info["mode"] == "fold" and saved.cfg.p == "2"
+        n_removed = len(saved.info["removed"])
+        assert len(gate_stats(saved.model, load_dataset("digits"))) == 21 - n_removed
+        assert f"{100 * evaluate(saved.model, load_dataset('digits'), 256)['val_top1']:.2f}" \
+            == top1
+        again = runner.invoke(app, ["evaluate", path, "--device", "cpu"])
+        assert again.exit_code == 0 and f"val top-1 {top1} %" in again.output, again.output
+
+
 @pytest.mark.parametrize("args, message", [
+    (["prune", "vary-p", "--export", "x.pt"], "--export writes the networks of one cell"),
+    (["prune", "vary-p", "--cell", "p=2", "--finetune", "1", "--export", "x.pt"],
+     "leave --finetune out"),
+    (["prune", "vary-p", "--mode", "drop"], "unknown mode 'drop'"),
     (["prune", "no-such-study"], "neither a study"),
     (["prune", "0" * 32], "no MLflow run"),
     (["prune", "0" * 32, "--cell", "p=2"], "--cell applies to a study"),
@@ -108,6 +153,11 @@ def test_bad_input_is_one_line_and_exit_code_2(study, args, message) -> None:
     result = runner.invoke(app, [*args, "--out", str(study)])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_evaluate_a_missing_file_is_one_line(tmp_path) -> None:
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "nothing.pt")])
+    assert result.exit_code == 2 and "nothing.pt: no such file" in result.output
 
 
 def test_prune_a_run_without_saved_weights_says_so(study) -> None:

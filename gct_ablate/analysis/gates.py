@@ -12,7 +12,8 @@ std over channels) of alpha, gamma and beta, and, on validation data, the gate
 
 Gates are computed by a forward pre-hook calling ``GCT.gate`` on the module's input; the hooks
 exist only inside :func:`gate_stats`, so training pays nothing. :func:`plot_gates` draws the
-paper-style figure (gamma per layer: > 0 channels compete, < 0 they cooperate).
+paper-style figure (gamma per layer: > 0 channels compete, < 0 they cooperate), annotated
+with the test of the paper's depth claim (:func:`gct_ablate.analysis.trend.depth_trend`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rich import box
 from rich.table import Table
 from torch import Tensor, nn
 
+from gct_ablate.analysis.trend import DepthTrend, depth_trend, trend_text
 from gct_ablate.data import Dataset
 from gct_ablate.gct import GCT
 from gct_ablate.models import AttentionSite, attention_modules
@@ -162,12 +164,16 @@ def pool_stats(stats: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]
 
 
 # ------------------------------------------------------------------------------- plotting
-def plot_gates(stats: Sequence[Sequence[dict[str, Any]]], title: str = "") -> Figure:
+def plot_gates(stats: Sequence[Sequence[dict[str, Any]]], title: str = "",
+               trend: DepthTrend | None = None) -> Figure:
     """Paper-style figure: gamma per layer (mean, band = channel spread pooled over seeds),
-    and mean gate with its spread plus the near-identity fraction. One inner list per seed."""
+    and mean gate with its spread plus the near-identity fraction. One inner list per seed.
+    The gamma panel says the depth-trend verdict (``trend``, else computed from ``stats``)
+    and shades the first and last thirds it compares."""
     rows = pool_stats(stats)
-    fig = Figure(figsize=(8, 5.5))  # fixed margins: a constrained layout doubles the cost
-    fig.subplots_adjust(left=0.1, right=0.91, bottom=0.085, top=0.93, hspace=0.06)
+    trend = depth_trend(stats) if trend is None else trend
+    fig = Figure(figsize=(8, 6))  # fixed margins: a constrained layout doubles the cost
+    fig.subplots_adjust(left=0.1, right=0.91, bottom=0.08, top=0.83, hspace=0.06)
     ax_g, ax_t = fig.subplots(2, 1, sharex=True)
     x = [r["index"] for r in rows]
 
@@ -180,6 +186,11 @@ def plot_gates(stats: Sequence[Sequence[dict[str, Any]]], title: str = "") -> Fi
         ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
 
     band(ax_g, "gamma", "C0", "gamma (mean ± std over channels)")
+    k = len(rows) // 3
+    if k:  # the thirds the depth test compares
+        for lo, hi in ((x[0], x[k - 1]), (x[-k], x[-1])):
+            ax_g.axvspan(lo - 0.5, hi + 0.5, color="0.5", alpha=0.08, lw=0)
+    ax_g.set_title(trend_text(trend, short=True), fontsize=8, loc="left")
     ax_g.axhline(0, color="k", lw=0.8)
     ax_g.text(0.995, 0.97, "compete (γ > 0)", transform=ax_g.transAxes, ha="right", va="top",
               fontsize=8, color="0.35")
@@ -210,10 +221,14 @@ def plot_gates(stats: Sequence[Sequence[dict[str, Any]]], title: str = "") -> Fi
     return fig
 
 
-def gates_table(pooled: Sequence[dict[str, Any]], title: str = "") -> Table:
-    """Rich table of :func:`pool_stats` rows, one per GCT module (fits 80 columns)."""
+def gates_table(pooled: Sequence[dict[str, Any]], title: str = "",
+                trend: DepthTrend | None = None) -> Table:
+    """Rich table of :func:`pool_stats` rows, one per GCT module (fits 80 columns); with
+    ``trend``, its verdict closes the caption."""
     caption = (f"γ, gate: mean and sd over channels (and samples); id %: channels with "
                f"|gate-1| <= {NEAR} on every sample; γ≈0 %: channels with |γ| < {NEAR}")
+    if trend is not None:
+        caption += f"\n{trend_text(trend)}"
     table = Table(title=title or None, caption=caption, box=box.SIMPLE_HEAD, padding=0)
     for col in ("#", "module", "C", "α", "γ", "γ sd", "β", "gate", "g sd", "id %", "γ≈0 %"):
         table.add_column(col, justify="left" if col == "module" else "right")

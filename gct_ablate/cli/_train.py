@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from gct_ablate._util import tune_malloc
 from gct_ablate.cli._app import app, console, err_console, one_line_errors
-from gct_ablate.cli._options import DataDir, Device, Download, Threads, factor_option
+from gct_ablate.cli._options import (
+    DataDir,
+    Device,
+    Download,
+    Threads,
+    factor_option,
+)
 from gct_ablate.errors import UsageError
 from gct_ablate.factors import FACTORS
 from gct_ablate.spec import TrialConfig
@@ -30,6 +37,8 @@ def factors() -> None:
             allowed = "every-conv, block, after-block, none, stages=1+2, every=K"
         elif f.name in ("train_size", "val_size", "image_size"):
             allowed = f"positive integer, {f.reference}"
+        elif f.name == "init_from":
+            allowed = "none, PATH, RUN_ID, torchvision:WEIGHTS"
         elif f.choices is None and f.group == "training":
             allowed = "number" if f.name not in ("beta_decay",) else "true, false"
         table.add_row(f.name, ", ".join(f.levels), f.reference, allowed, f.help)
@@ -50,7 +59,8 @@ def train(
     placement: Annotated[str, factor_option("placement")] = "every-conv",
     model: Annotated[str, factor_option("model")] = "resnet20",
     dataset: Annotated[str, factor_option("dataset")] = "digits",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="Training epochs (default 10; with --stages, their sum).")] = None,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak SGD learning rate (nesterov, momentum 0.9).")]
     = 0.1,
@@ -82,15 +92,52 @@ def train(
     loader_workers: Annotated[int | None, typer.Option(
         min=0, help="Streaming: DataLoader worker processes (default: cores, at most 8).")]
     = None,
+    init_from: Annotated[str | None, typer.Option(
+        help="Fine-tune: start from this backbone trained with --attention none (a file of "
+        "--save, an MLflow run id, a torchvision ResNet state dict file, or "
+        "torchvision:WEIGHTS from the local torch hub cache); attention is added at "
+        "identity.")] = None,
+    stages: Annotated[str | None, typer.Option(
+        help="With --init-from: gct:E1,joint:E2 trains E1 epochs with only the attention "
+        "parameters trainable (at --gct-lr), then E2 epochs jointly (default: all joint).")]
+    = None,
+    gct_lr: Annotated[float, typer.Option(
+        help="Peak learning rate of the gct stage of --stages.")] = 0.1,
+    save: Annotated[Path | None, typer.Option(
+        help="Write the trained state dict to PATH and its config to PATH.json (read back "
+        "by --init-from and `gct-ablate evaluate`).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="Where an MLflow run id of --init-from is looked up. Default: "
+        "$MLFLOW_TRACKING_URI, else the store in ./gct-ablate-runs.")] = None,
 ) -> None:
-    """Train one configuration and print its metrics (no Optuna, no MLflow)."""
+    """Train one configuration and print its metrics (no Optuna, no MLflow).
+
+    With --init-from it fine-tunes a trained backbone with attention added, printing the
+    validation accuracy before training (step 0) and after each stage.
+    """
+    training, gct_epochs = "scratch", 1
+    if stages is not None:
+        from gct_ablate.finetune import parse_stages
+
+        if init_from is None:
+            raise UsageError("--stages needs --init-from (the backbone to fine-tune)")
+        if epochs is not None:
+            raise UsageError("--stages sets the epochs (gct:E1,joint:E2 is E1 + E2); leave "
+                             "--epochs out")
+        gct_epochs, joint_epochs = parse_stages(stages)
+        epochs = gct_epochs + joint_epochs
+        training = "finetune-staged" if gct_epochs else "finetune-joint"
+        gct_epochs = gct_epochs or 1
+    elif init_from is not None:
+        training = "finetune-joint"
     cfg = TrialConfig(
         attention=attention, p=p, norm=norm, activation=activation, remove=remove, init=init,
         alpha_init=alpha_init, after_relu=after_relu, placement=placement, model=model,
-        dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+        dataset=dataset, epochs=10 if epochs is None else epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, beta_decay=beta_decay, schedule=schedule,
-        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, device=device,
-        amp=amp, channels_last=channels_last, threads=threads, compile=compile,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, training=training,
+        init_from=init_from or "none", gct_epochs=gct_epochs, gct_lr=gct_lr, seed=seed,
+        device=device, amp=amp, channels_last=channels_last, threads=threads, compile=compile,
         recompute=recompute, data_dir=data_dir, download=download, train_size=train_size,
         val_size=val_size, image_size=image_size, stream=stream,
         memory_budget_gb=memory_budget_gb, loader_workers=loader_workers,
@@ -110,23 +157,41 @@ def train(
             bar.update(task, completed=epoch, info=f"loss {m['train_loss']:.3f}  "
                        f"val top-1 {100 * m['val_top1']:.2f}%")
 
+        def on_stage(name: str, epoch: int, m: dict[str, float]) -> None:
+            what = (f"step 0 ({cfg.init_from} with {cfg.attention} added at identity)"
+                    if name == "init" else f"after the {name} stage (epoch {epoch})")
+            console.print(f"{what}: val top-1 {100 * m['val_top1']:.2f} %, "
+                          f"val loss {m['val_loss']:.4f}", highlight=False, soft_wrap=True)
+
+        def on_end(model: Any, data: Any, dev: Any) -> None:
+            if save is not None:
+                from gct_ablate.checkpoint import save_model
+
+                save_model(save, model, cfg, data)
+
         try:
-            metrics = train_eval(cfg, report)
+            metrics = train_eval(cfg, report, on_end=on_end, on_stage=on_stage,
+                                 tracking_uri=tracking_uri)
         except ValueError as err:  # bad model/placement combination and the like
             raise UsageError(str(err)) from None
-    table = Table(title=f"{cfg.model} + {cfg.attention} ({cfg.placement}) on {cfg.dataset}")
+    title = f"{cfg.model} + {cfg.attention} ({cfg.placement}) on {cfg.dataset}"
+    table = Table(title=title if cfg.training == "scratch" else f"{title}, {cfg.training}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("status", "val_top1", "val_top5", "val_loss", "train_loss", "epochs_done",
-                "params_total", "params_attention", "n_attention_modules", "seconds", "device",
-                "gct_impl"):
+    for key in ("status", "val_top1_step0", "val_top1_after_gct", "val_top1", "val_top5",
+                "val_loss", "train_loss", "epochs_done", "params_total", "params_attention",
+                "n_attention_modules", "seconds", "device", "gct_impl"):
+        if key not in metrics:
+            continue
         value = metrics[key]
-        if key in ("val_top1", "val_top5"):
+        if key.startswith(("val_top1", "val_top5")):
             value = f"{100 * value:.2f} %"
         elif isinstance(value, float):
             value = f"{value:.4f}" if key != "seconds" else f"{value:.1f}"
         table.add_row(key, str(value))
     console.print(table)
+    if save is not None and metrics["status"] == "ok":
+        console.print(f"saved: {save} (weights), {save}.json (config)", highlight=False)
     if metrics["status"] != "ok":
         err_console.print(f"[red]run {metrics['status']}[/]: the loss became NaN/inf")
         raise typer.Exit(1)
