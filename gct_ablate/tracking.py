@@ -21,6 +21,9 @@ from gct_ablate.errors import UsageError
 from gct_ablate.locks import file_lock, sqlite_path
 
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment without this tag on its GenAI trace overview; with it,
+# on the training runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def default_tracking_uri(out_dir: Path) -> str:
@@ -156,22 +159,31 @@ class Tracker:
 
     # ------------------------------------------------------------------ study level
     def experiment(self, study_name: str) -> str:
-        """Id of the study's experiment, created if missing."""
+        """Id of the study's experiment, created if missing, tagged as model development."""
         found = self.client.get_experiment_by_name(study_name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            self._tag_kind(found)
             return found.experiment_id
         location = None
         if self.artifact_root is not None and not self.uri.startswith(("http:", "https:")):
             location = (self.artifact_root / study_name).resolve().as_uri()
         try:
-            return self.client.create_experiment(study_name, artifact_location=location)
+            return self.client.create_experiment(study_name, artifact_location=location,
+                                                 tags=dict([EXPERIMENT_KIND]))
         except Exception:  # another worker created it first
-            found = self.client.get_experiment_by_name(study_name)
-            if found is None:
+            if self.client.get_experiment_by_name(study_name) is None:
                 raise
-            return found.experiment_id
+            return self.experiment(study_name)
+
+    def tag_experiment(self, experiment_id: str) -> None:
+        """Tag an existing experiment as model development (studies made before the tag)."""
+        self._tag_kind(self.client.get_experiment(experiment_id))
+
+    def _tag_kind(self, experiment: Any) -> None:
+        if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            self.client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
 
     def start_parent(self, experiment_id: str, study_name: str, spec: dict[str, Any]) -> str:
         run = self.client.create_run(
@@ -194,6 +206,18 @@ class Tracker:
         self.client.log_text(parent_id, csv, "summary/summary.csv")
         for path in figures:
             self.client.log_artifact(parent_id, str(path), "summary")
+
+    def log_report(self, parent_id: str, files: list[Path], table: dict[str, list[Any]],
+                   folder: str = "report") -> None:
+        """The report's files under ``folder/`` (a folder keeps its name) and the verdict
+        table as an MLflow table artifact (``folder/verdicts.json``; ``load_table`` reads it)."""
+        for path in files:
+            where = f"{folder}/{path.name}" if path.is_dir() else folder
+            if path.is_dir():
+                self.client.log_artifacts(parent_id, str(path), where)
+            else:
+                self.client.log_artifact(parent_id, str(path), where)
+        self.client.log_table(parent_id, table, f"{folder}/verdicts.json")
 
     def finish_parent(self, parent_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(parent_id, status=status)

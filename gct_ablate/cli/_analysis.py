@@ -1,7 +1,8 @@
-"""Analysis commands of trained studies: ``gates`` and ``prune``."""
+"""Analysis commands of trained studies: ``gates``, ``prune`` and ``report``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -79,3 +80,35 @@ def prune(
                       f"can go for less than {tolerance:g} points (order: {order})",
                       highlight=False)
     console.print(result.where, highlight=False)
+
+
+@app.command()
+@one_line_errors
+def report(
+    study: Annotated[str | None, typer.Argument(
+        help="Name of the study (default: the only study in the storage).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="HTML file to write (default: OUT/STUDY-report.html); the "
+        "Markdown twin goes beside it (.md) with its images in FILE_files/.")] = None,
+    storage: Storage = None,
+    out: Out = DEFAULT_OUT,
+    margin: Annotated[float | None, typer.Option(
+        help="Smallest difference that matters, in points of the metric; overrides the "
+        "study's for this report (default: the study's, else 0.5 for accuracies).")] = None,
+    log: Annotated[bool, typer.Option(
+        "--log/--no-log", help="Also log the report on the study's MLflow parent run "
+        "(report/), replacing the one `run` logged.")] = False,
+) -> None:
+    """One self-contained HTML report of a study, and its Markdown twin.
+
+    The question and the recipe, a forest plot of each cell against the reference, the
+    verdicts, the ANOVA, learning curves, the gates and any logged prune curve, the cost.
+    The HTML embeds its images and opens offline; nothing is retrained.
+    """
+    from gct_ablate.analysis.report import write_report
+
+    paths = write_report(study, out=out, storage=storage, margin=margin, output=output, log=log)
+    console.print(f"report: {paths.html}", highlight=False)
+    console.print(f"markdown: {paths.markdown} (images in {paths.images}/)", highlight=False)
+    if paths.logged_to:
+        console.print(f"logged to MLflow run {paths.logged_to} under report/", highlight=False)

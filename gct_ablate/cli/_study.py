@@ -94,6 +94,8 @@ def run(
     console.print(f"\nOpen the runs in MLflow:  [bold]{ui_command(plans[0].tracking_uri)}[/]")
     console.print(f"Summary again later:     gct-ablate summary {spec.study_name}"
                   + (f" --storage {mask_url(storage)}" if storage else f" --out {out}"))
+    console.print(f"Report (HTML, Markdown): {out / (spec.study_name + '-report.html')}",
+                  highlight=False)
 
 
 def _print_plan(plan: Any) -> Any:
