@@ -210,14 +210,34 @@ class Tracker:
     def log_report(self, parent_id: str, files: list[Path], table: dict[str, list[Any]],
                    folder: str = "report") -> None:
         """The report's files under ``folder/`` (a folder keeps its name) and the verdict
-        table as an MLflow table artifact (``folder/verdicts.json``; ``load_table`` reads it)."""
+        table as an MLflow table artifact, ``folder/verdicts.json``."""
         for path in files:
-            where = f"{folder}/{path.name}" if path.is_dir() else folder
             if path.is_dir():
-                self.client.log_artifacts(parent_id, str(path), where)
+                self.client.log_artifacts(parent_id, str(path), f"{folder}/{path.name}")
             else:
-                self.client.log_artifact(parent_id, str(path), where)
-        self.client.log_table(parent_id, table, f"{folder}/verdicts.json")
+                self.client.log_artifact(parent_id, str(path), folder)
+        self.log_table(parent_id, table, f"{folder}/verdicts.json")
+
+    def log_table(self, run_id: str, table: dict[str, list[Any]], path: str) -> None:
+        """A table artifact that ``MlflowClient.load_table`` reads and the MLflow UI shows,
+        replacing an earlier one at ``path`` (``MlflowClient.log_table`` would append its
+        rows to it: a resumed study would list every cell twice). Same file format (pandas
+        ``orient="split"`` JSON) and the same run tag as ``log_table``."""
+        import tempfile
+
+        import pandas as pd
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+        folder, _, name = path.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / name
+            pd.DataFrame(table).to_json(local, orient="split", index=False)
+            self.client.log_artifact(run_id, str(local), folder or None)
+        logged = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS,
+                                                                      "[]"))
+        entry = {"path": path, "type": "table"}
+        if entry not in logged:
+            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
 
     def finish_parent(self, parent_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(parent_id, status=status)

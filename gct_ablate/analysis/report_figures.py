@@ -15,6 +15,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from gct_ablate import stats
@@ -212,6 +213,8 @@ def curves_figure(summary: Summary, trials: Sequence[TrialRecord]) -> Figure | N
     if not cells:
         return None
     fig, axes = small_multiples(len(cells))
+    axes[0].xaxis.set_major_locator(MaxNLocator(5, integer=True))  # shared: all panels
+    axes[0].yaxis.set_major_locator(MaxNLocator(4))
 
     def line(cell: str) -> tuple[list[int], list[float], list[float]]:
         epochs = sorted(curves[cell])
@@ -239,34 +242,45 @@ def curves_figure(summary: Summary, trials: Sequence[TrialRecord]) -> Figure | N
 
 
 # ----------------------------------------------------------------------------- gates
-def gates_grid_figure(summary: Summary, pooled: dict[str, list[dict[str, Any]]]
-                      ) -> Figure | None:
-    """Gamma per GCT module, a panel per cell (shared axes): the mean over channels and seeds
-    with its channel spread; the reference's mean dashed grey. ``pooled``: cell ->
-    :func:`~gct_ablate.analysis.gates.pool_stats` rows. None when no cell has gates."""
+def gates_heatmap(summary: Summary, pooled: dict[str, list[dict[str, Any]]]) -> Figure | None:
+    """Every cell's GCT modules at a glance: a row per cell, a column per module (depth
+    order), coloured by gamma (mean over channels and seeds; > 0 compete, < 0 cooperate)
+    and by the mean |gate - 1| (how far the module is from the identity). ``pooled``: cell
+    -> :func:`~gct_ablate.analysis.gates.pool_stats` rows. None unless two cells have gates.
+    """
+    import numpy as np
+
     s = summary
-    cells = [c for c in s.cells if pooled.get(c.cell)]
+    cells = [c.cell for c in s.cells if pooled.get(c.cell)]
     if len(cells) < 2:
         return None
-    fig, axes = small_multiples(len(cells))
-    ref = pooled.get(s.reference_cell)
-    for ax, c in zip(axes, cells, strict=False):
-        found = pooled[c.cell]
-        x = [r["index"] for r in found]
-        mean = [r["gamma_mean"] for r in found]
-        sd = [r["gamma_std"] for r in found]
-        ax.axhline(0, color="k", lw=0.7)
-        if ref is not None and not c.is_reference:
-            ax.plot([r["index"] for r in ref], [r["gamma_mean"] for r in ref], "--",
-                    color=REFERENCE_COLOR, lw=1)
-        ax.fill_between(x, [m - d for m, d in zip(mean, sd, strict=True)],
-                        [m + d for m, d in zip(mean, sd, strict=True)], color="C0", alpha=0.2,
-                        lw=0)
-        ax.plot(x, mean, "-", color="C0", lw=1.3)
-        ax.set_title(cell_label(c.cell) + (" (ref)" if c.is_reference else ""), fontsize=7.5)
-        ax.grid(alpha=0.3)
+    width = max(len(pooled[c]) for c in cells)
+
+    def grid(key: str) -> Any:
+        out = np.full((len(cells), width), np.nan)
+        for i, cell in enumerate(cells):
+            for j, row in enumerate(pooled[cell]):
+                out[i, j] = row[key]
+        return np.ma.masked_invalid(out)
+
+    labels = [cell_label(c) + (" (ref)" if c == s.reference_cell else "") for c in cells]
+    left = 0.35 + text_width(max(map(len, labels)))
+    fig = _figure(max(10.0, left + 8.5), 1.35 + 0.22 * len(cells))
+    margins(fig, left, 0.3, top=0.5, bottom=0.5, wspace=0.25)
+    axes = fig.subplots(1, 2, sharey=True)
+    gamma, dev = grid("gamma_mean"), grid("gate_dev")
+    limit = float(np.abs(gamma).max()) or 1.0
+    for ax, data, cmap, lims, title in (
+            (axes[0], gamma, "RdBu_r", (-limit, limit), "gamma (red: compete, blue: cooperate)"),
+            (axes[1], dev, "viridis", (0.0, float(dev.max()) or 1.0), "mean |gate − 1|")):
+        shown = ax.imshow(data, aspect="auto", cmap=cmap, vmin=lims[0], vmax=lims[1],
+                          interpolation="nearest")
+        ax.set_facecolor("0.9")  # modules a cell does not have
+        fig.colorbar(shown, ax=ax, fraction=0.05, pad=0.02)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("GCT module (depth order)", fontsize=8)
         ax.tick_params(labelsize=7)
-    _labels(fig, "GCT module (depth order)", "gamma (> 0 compete, < 0 cooperate)")
-    fig.suptitle(f"{s.study_name}: gamma per module, mean ± channel spread over seeds "
-                 "(dashed: the reference)", fontsize=10)
+    axes[0].set_yticks(range(len(cells)), labels, fontsize=7.5)
+    fig.suptitle(f"{s.study_name}: GCT modules per cell, mean over channels and seeds",
+                 fontsize=10)
     return fig

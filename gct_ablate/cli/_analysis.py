@@ -108,7 +108,8 @@ def report(
     from gct_ablate.analysis.report import write_report
 
     paths = write_report(study, out=out, storage=storage, margin=margin, output=output, log=log)
-    console.print(f"report: {paths.html}", highlight=False)
-    console.print(f"markdown: {paths.markdown} (images in {paths.images}/)", highlight=False)
+    shown = {"highlight": False, "soft_wrap": True}  # paths stay whole, to copy and paste
+    console.print(f"report: {paths.html}", **shown)
+    console.print(f"markdown: {paths.markdown} (images in {paths.images}/)", **shown)
     if paths.logged_to:
-        console.print(f"logged to MLflow run {paths.logged_to} under report/", highlight=False)
+        console.print(f"logged to MLflow run {paths.logged_to} under report/", **shown)

@@ -95,7 +95,7 @@ def run(
     console.print(f"Summary again later:     gct-ablate summary {spec.study_name}"
                   + (f" --storage {mask_url(storage)}" if storage else f" --out {out}"))
     console.print(f"Report (HTML, Markdown): {out / (spec.study_name + '-report.html')}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 def _print_plan(plan: Any) -> Any:
