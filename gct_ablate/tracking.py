@@ -35,11 +35,19 @@ def resolve_tracking_uri(out_dir: Path, override: str | None = None) -> str:
     return override or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out_dir)
 
 
-def ui_command(uri: str) -> str:
-    """The command that opens these runs in the MLflow UI."""
+# MLflow 3.17's UI picks an experiment's page by its "GenAI | Model training" switch (in
+# the URL, else remembered by the browser, GenAI by default), not by the experiment's tag.
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def ui_command(uri: str, experiment_id: str | None = None) -> str:
+    """How to open these runs in the MLflow UI (on the experiment's training runs)."""
+    page = f"/#/experiments/{experiment_id}{TRAINING_VIEW}" if experiment_id else ""
     if uri.startswith(("http://", "https://")):
-        return f"open {mask_url(uri)} in a browser (MLflow tracking server)"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {mask_url(uri).rstrip('/')}{page} in a browser (MLflow tracking server)"
+    if not page:
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000{page}"
 
 
 def check_tracking(uri: str, timeout: float = 5.0) -> None:

@@ -91,7 +91,8 @@ def run(
                           "same command again to resume.")
         raise typer.Exit(130) from None
     _print_summary(result, fmt)
-    console.print(f"\nOpen the runs in MLflow:  [bold]{ui_command(plans[0].tracking_uri)}[/]")
+    ui = ui_command(plans[0].tracking_uri, result.tracking.get("mlflow_experiment_id"))
+    console.print(f"\nOpen the runs in MLflow:  [bold]{ui}[/]", soft_wrap=True)
     console.print(f"Summary again later:     gct-ablate summary {spec.study_name}"
                   + (f" --storage {mask_url(storage)}" if storage else f" --out {out}"))
     console.print(f"Report (HTML, Markdown): {out / (spec.study_name + '-report.html')}",
