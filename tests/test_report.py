@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from gct_ablate.analysis import report_figures as rf
-from gct_ablate.analysis.report import verdict_table
+from gct_ablate.analysis.report import build_report, save_report, verdict_table
 from gct_ablate.artifacts import load_study_results
 from gct_ablate.cli import app
 from gct_ablate.stats import StudyResults, TrialRecord, summarize
@@ -111,6 +111,28 @@ def test_interaction_plot_needs_two_factors_and_keeps_its_legend_outside() -> No
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ACT
     assert [t.get_text() for t in ax.get_xticklabels()] == P
     assert_no_legend_over_data(fig)
+
+
+def test_a_single_cell_or_an_all_failed_study_still_gets_a_report(tmp_path) -> None:
+    one = [TrialRecord("", s, "COMPLETE", 0.9 + 0.01 * s, {"val_top1": 0.9}, {}, s,
+                       curve={1: 0.5, 2: 0.9}) for s in range(3)]
+    single = StudyResults({"name": "one", "vary": [], "levels": {}, "set": {}, "seeds": 3,
+                           "metric": "val_top1"}, "", True, one, "one")
+    report = build_report(single, summarize(single, importance=False), artifacts=False)
+    assert [f.name for f in report.figures] == ["curves"]  # nothing to compare: no forest
+    paths = save_report(report, tmp_path / "one.html")
+    assert "A single cell: nothing to compare." in paths.html.read_text(encoding="utf-8")
+    failed = [TrialRecord(f"p={p}", s, "FAIL", None, {}, {"p": p}, 2 * i + s)
+              for i, p in enumerate(("1", "2")) for s in range(2)]
+    broken = StudyResults({"name": "failed", "vary": ["p"], "levels": {"p": ["1", "2"]},
+                           "set": {}, "seeds": 2, "metric": "val_loss"}, "p=2", False, failed,
+                          "failed")
+    report = build_report(broken, summarize(broken, importance=False), artifacts=False)
+    assert "learning curves: no trial reported per-epoch values" in report.missing
+    md = save_report(report, tmp_path / "failed.html").markdown.read_text(encoding="utf-8")
+    assert "too few runs" in md and "no trial reported per-epoch values" in md
+    assert sorted(p.name for p in (tmp_path / "failed_files").iterdir()) == [
+        f"{f.name}.png" for f in sorted(report.figures, key=lambda f: f.name)]
 
 
 # ----------------------------------------------------------------------------- a real study

@@ -144,11 +144,14 @@ def build_report(results: StudyResults, summary: Summary, *, artifacts: bool = T
     from gct_ablate.summary import levels_figure
 
     s = summary
-    figures = [ReportFigure(
-        "forest", "Each cell against the reference", f"Δ {s.metric} of each cell minus the "
-        f"reference with its {s.confidence:.0%} CI (paired by seed where seeds are shared); "
-        "filled: decided, hollow: not; the shaded band is ±margin. A CI inside the band "
-        "means equivalent, one clear of 0 better or worse.", png(rf.forest_figure(s)))]
+    figures: list[ReportFigure] = []
+    if any(not c.is_reference for c in s.cells):
+        figures.append(ReportFigure(
+            "forest", "Each cell against the reference", f"Δ {s.metric} of each cell minus "
+            f"the reference with its {s.confidence:.0%} CI (paired by seed where seeds are "
+            "shared); filled: decided, hollow: not; the shaded band is ±margin. A CI inside "
+            "the band means equivalent, one clear of 0 better or worse.",
+            png(rf.forest_figure(s))))
     missing: list[str] = []
     if (fig := rf.interaction_figure(s)) is not None:
         figures.append(ReportFigure("interaction", "Interaction", "Cell means against the "
@@ -191,6 +194,8 @@ def save_report(report: Report, html: Path) -> ReportPaths:
     paths = report_paths(Path(html))
     try:
         paths.images.mkdir(parents=True, exist_ok=True)
+        for old in paths.images.glob("*.png"):  # an earlier report's figures
+            old.unlink()
         for f in report.figures:
             (paths.images / f"{f.name}.png").write_bytes(f.png)
         paths.html.write_text(to_html(report), encoding="utf-8")
