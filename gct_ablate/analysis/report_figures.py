@@ -1,4 +1,4 @@
-"""The report's figures: forest plot, interaction plot, learning curves, gates per cell.
+"""The report's figures: forest plot, interaction plot, learning curves, the gates map.
 
 Every figure reads a :class:`~gct_ablate.stats.Summary` (and, for the curves, the trial
 records), draws on an Agg canvas (pyplot's global state untouched) and keeps its labels
@@ -279,6 +279,7 @@ def gates_heatmap(summary: Summary, pooled: dict[str, list[dict[str, Any]]]) -> 
         fig.colorbar(shown, ax=ax, fraction=0.05, pad=0.02)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("GCT module (depth order)", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(10, integer=True))
         ax.tick_params(labelsize=7)
     axes[0].set_yticks(range(len(cells)), labels, fontsize=7.5)
     fig.suptitle(f"{s.study_name}: GCT modules per cell, mean over channels and seeds",

@@ -101,9 +101,10 @@ def report(
 ) -> None:
     """One self-contained HTML report of a study, and its Markdown twin.
 
-    The question and the recipe, a forest plot of each cell against the reference, the
-    verdicts, the ANOVA, learning curves, the gates and any logged prune curve, the cost.
-    The HTML embeds its images and opens offline; nothing is retrained.
+    The question and the recipe, a forest plot of each cell against the
+    reference, the verdicts, the ANOVA, learning curves, the gates, any logged
+    prune curve, the cost. The HTML embeds its images and opens offline;
+    nothing is retrained. `run` writes it at the end too.
     """
     from gct_ablate.analysis.report import write_report
 
