@@ -277,6 +277,17 @@ def test_report_command_output_margin_and_a_logged_prune_figure(study, tmp_path)
     assert (tmp_path / "deep" / "r_files" / "prune-gate.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_report_log_replaces_the_report_on_the_parent_run(study, tmp_path) -> None:
+    results = load_study_results("vary-p", None, study)
+    uri, parent = results.tracking["tracking_uri"], results.tracking["mlflow_parent_run_id"]
+    result = runner.invoke(app, ["report", "--out", str(study), "--margin", "3", "--log"])
+    assert result.exit_code == 0, result.output
+    assert f"logged to MLflow run {parent} under report/" in result.output
+    local = MlflowClient(uri).download_artifacts(parent, "report/vary-p-report.html",
+                                                 str(tmp_path))
+    assert "±3.0 points" in Path(local).read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize("args, message", [
     (["report", "no-such-study"], "no study 'no-such-study'"),
     (["report", "vary-p", "--margin", "0"], "invalid margin"),

@@ -29,6 +29,7 @@ from gct_ablate.stats import StudyResults, Summary, summarize
 __all__ = ["Report", "ReportFigure", "ReportPaths", "build_report", "log_report",
            "report_file", "save_report", "verdict_table", "write_report"]
 
+
 # ----------------------------------------------------------------------------- artifacts
 def _gates(results: StudyResults, store: Any) -> dict[str, list[list[dict[str, Any]]]]:
     """cell -> per-seed gate statistics of its COMPLETE trials (cells without GCT left out).
