@@ -214,6 +214,10 @@ def assert_mlflow_tree(uri: str, name: str, trials: list[Any]) -> dict:
 
 def assert_no_legend_over_data(fig: Any) -> None:
     """No legend of ``fig`` (an axes' or the figure's) overlaps a visible axes' data area."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     axes = [ax for ax in fig.axes if ax.get_visible()]

@@ -92,7 +92,7 @@ def _prune_pngs(store: Any, parent: str) -> list[tuple[str, bytes]]:
 def _stored_figures(results: StudyResults, summary: Summary, missing: list[str]
                     ) -> list[ReportFigure]:
     """Gates and prune figures from the MLflow store (empty, with a reason, without one)."""
-    from gct_ablate.analysis.gates import plot_gates, pool_stats
+    from gct_ablate.analysis.gate_plots import plot_gates, pool_stats
     from gct_ablate.analysis.report_figures import cell_label, gates_heatmap
     from gct_ablate.artifacts import RunStore
 

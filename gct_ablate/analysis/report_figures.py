@@ -246,7 +246,7 @@ def gates_heatmap(summary: Summary, pooled: dict[str, list[dict[str, Any]]]) -> 
     """Every cell's GCT modules at a glance: a row per cell, a column per module (depth
     order), coloured by gamma (mean over channels and seeds; > 0 compete, < 0 cooperate)
     and by the mean |gate - 1| (how far the module is from the identity). ``pooled``: cell
-    -> :func:`~gct_ablate.analysis.gates.pool_stats` rows. None unless two cells have gates.
+    -> :func:`~gct_ablate.analysis.gate_plots.pool_stats` rows. None unless two cells have gates.
     """
     import numpy as np
 
