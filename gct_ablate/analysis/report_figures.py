@@ -266,7 +266,7 @@ def gates_heatmap(summary: Summary, pooled: dict[str, list[dict[str, Any]]]) -> 
     labels = [cell_label(c) + (" (ref)" if c == s.reference_cell else "") for c in cells]
     left = 0.35 + text_width(max(map(len, labels)))
     fig = _figure(max(10.0, left + 8.5), 1.35 + 0.22 * len(cells))
-    margins(fig, left, 0.3, top=0.5, bottom=0.5, wspace=0.25)
+    margins(fig, left, 0.65, top=0.5, bottom=0.5, wspace=0.3)  # right: colour bar labels
     axes = fig.subplots(1, 2, sharey=True)
     gamma, dev = grid("gamma_mean"), grid("gate_dev")
     limit = float(np.abs(gamma).max()) or 1.0
