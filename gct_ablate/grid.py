@@ -58,6 +58,8 @@ def prepare_study(
             direction = "maximize" if spec.maximize else "minimize"
             study = optuna.create_study(study_name=name, storage=storage, direction=direction)
         _check_same_study(study, spec, tracker)
+        if study.metric_names is None:  # optuna-dashboard names the objective after it
+            name_objective(study, spec.metric)
         if "mlflow_parent_run_id" not in study.user_attrs:
             experiment_id = tracker.experiment(name)
             info = {**spec.to_dict(), "fp": spec.fingerprint()}
@@ -65,6 +67,8 @@ def prepare_study(
             study.set_user_attr("mlflow_experiment_id", experiment_id)
             study.set_user_attr("mlflow_parent_run_id", parent)
             study.set_user_attr("tracking_uri", tracker.uri)
+        elif "mlflow_experiment_id" in study.user_attrs:  # resumed: tag older experiments
+            tracker.tag_experiment(str(study.user_attrs["mlflow_experiment_id"]))
         study.set_user_attr("spec", spec.to_dict())  # seeds may have grown
         study.set_user_attr("fingerprint", spec.fingerprint())
         study.set_user_attr("reference_cell", cell_id(spec.reference_cell()))
@@ -75,6 +79,15 @@ def prepare_study(
                                  retry_failed=retry_failed)
         study.set_user_attr(QUEUED, True)
     return Prepared(study, spec, *counts)
+
+
+def name_objective(study: optuna.Study, metric: str) -> None:
+    """Name the study's objective after the metric (dashboards show it, not "Objective 0")."""
+    import warnings
+
+    with warnings.catch_warnings():  # experimental in Optuna; the call itself is stable
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])
 
 
 QUEUED = "grid_queued"  # set once the grid is in the queue: workers may start pulling

@@ -186,24 +186,29 @@ def _keep_schedule(existing: Any, spec: StudySpec) -> StudySpec:
 
 def finish_study(storage: Any, name: str, tracker: Tracker, out: Path,
                  margin: float | None = None) -> Summary:
-    """Summarise the study, write its figures to ``out`` and log them and the summary on the
-    parent MLflow run; finish that run when no trial is waiting or running. ``margin``:
-    points of the metric (default: the stored spec's, else the metric's default)."""
+    """Summarise the study, write its figures and its report (``OUT/NAME-report.html`` and
+    ``.md``) to ``out`` and log them and the summary on the parent MLflow run; finish that
+    run when no trial is waiting or running. ``margin``: points of the metric (default: the
+    stored spec's, else the metric's default)."""
     from gct_ablate import summary as sm
-    from gct_ablate.analysis import density
+    from gct_ablate.analysis import density, report
     from gct_ablate.analysis._figures import slug
     from gct_ablate.runner import progress
 
     study = load_study(storage, name)
     with study_lock(study):  # processes finishing together: the last one logs it all
-        summary = summarize(load_results(storage, name), margin=margin)
+        results = load_results(storage, name)
+        summary = summarize(results, margin=margin)
         figures = [sm.plot_levels(summary, out / slug(f"{name}-levels.png"))]
         if density.applies(summary):
             figures.append(out / slug(f"{name}-density.png"))
             density.plot_density(summary).savefig(figures[-1], dpi=110)
+        written = report.build_report(results, summary)
+        paths = report.save_report(written, report.report_file(out, name))
         parent = study.user_attrs.get("mlflow_parent_run_id")
         if parent:
             tracker.log_summary(parent, sm.to_markdown(summary), sm.to_csv(summary), figures)
+            report.log_report(tracker, parent, written, paths)
             counts = progress(study)["counts"]
             if counts["waiting"] == 0 and counts["running"] == 0:
                 tracker.finish_parent(parent)

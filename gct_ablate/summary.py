@@ -85,6 +85,7 @@ def load_results(storage: Any, study_name: str) -> StudyResults:
             metrics=dict(ua.get("metrics") or {}), params=params, number=t.number,
             mlflow_run_id=ua.get("mlflow_run_id"),
             reason=ua.get("status_reason") or t.system_attrs.get("fail_reason"),
+            curve={int(k): float(v) for k, v in t.intermediate_values.items()},
         ))
     tracking = {k: mask_url(str(attrs[k])) for k in ("mlflow_experiment_id", "mlflow_parent_run_id",
                                            "tracking_uri") if attrs.get(k) is not None}
@@ -107,7 +108,8 @@ def _cell_name(cell: str) -> str:
 
 # ----------------------------------------------------------------------------- plotting
 def levels_figure(summary: Summary) -> Figure:
-    """Metric per level with 95% CI bars: one panel per factor (per cell if one factor)."""
+    """Metric per level with 95% CI bars: one panel per factor (per cell if one factor),
+    shared y axis; the reference level in red, its mean a dotted line across its panel."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -120,9 +122,18 @@ def levels_figure(summary: Summary) -> Figure:
         title = s.factors[0].name if s.factors else "cell"
         panels = [(title, [(next(iter(c.levels.values()), _cell_name(c.cell)), c.mean,
                             c.ci_low, c.ci_high, c.is_reference) for c in s.cells])]
-    fig = Figure(figsize=(max(4.0, 3.6 * len(panels)), 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]  # comparable effects
+    longest = max((len(p[0]) for _, points in panels for p in points), default=1)
+    rotate = longest > 6
+    widths = [max(1.6, 0.42 * len(points) + 0.6) for _, points in panels]
+    left, right, gap, top = 0.8, 0.2, 0.15, 0.45
+    bottom = 0.6 + (0.038 * min(longest, 30) if rotate else 0.0)
+    fig = Figure(figsize=(left + right + sum(widths) + gap * (len(panels) - 1), 2.9 + bottom))
+    FigureCanvasAgg(fig)  # fixed margins: a constrained layout costs more than the drawing
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h,
+                        wspace=gap / (sum(widths) / len(widths)))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False,  # comparable effects
+                        gridspec_kw={"width_ratios": widths})[0]
     for i, (ax, (name, points)) in enumerate(zip(axes, panels, strict=True)):
         for x, (_, mean, lo, hi, is_ref) in enumerate(points):
             if mean is None:
@@ -131,13 +142,16 @@ def levels_figure(summary: Summary) -> Figure:
                    if lo is not None and hi is not None else None)
             ax.errorbar([x], [scale * mean], yerr=err, fmt="o", capsize=4,
                         color="tab:red" if is_ref else "tab:blue")
-        ax.set_xticks(range(len(points)), [p[0] for p in points], rotation=30, ha="right")
+            if is_ref:
+                ax.axhline(scale * mean, color="tab:red", lw=0.8, ls=":", alpha=0.7)
+        ax.set_xticks(range(len(points)), [p[0] for p in points],
+                      rotation=30 if rotate else 0, ha="right" if rotate else "center")
         ax.set_xlim(-0.5, len(points) - 0.5)
         ax.set_xlabel(name)
         ax.grid(axis="y", alpha=0.3)
         if i == 0:
             ax.set_ylabel(s.metric + (" (%)" if s.percent else ""))
-    fig.suptitle(f"{s.study_name}: mean ± 95% CI (red = reference)")
+    fig.suptitle(f"{s.study_name}: mean ± 95% CI (red = reference)", fontsize=10)
     return fig
 
 

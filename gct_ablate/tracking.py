@@ -22,6 +22,9 @@ from gct_ablate.locks import file_lock, sqlite_path
 from gct_ablate.spec import check_name
 
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment without this tag on its GenAI trace overview; with it,
+# on the training runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def default_tracking_uri(out_dir: Path) -> str:
@@ -33,11 +36,19 @@ def resolve_tracking_uri(out_dir: Path, override: str | None = None) -> str:
     return override or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out_dir)
 
 
-def ui_command(uri: str) -> str:
-    """The command that opens these runs in the MLflow UI."""
+# MLflow 3.17's UI picks an experiment's page by its "GenAI | Model training" switch (in
+# the URL, else remembered by the browser, GenAI by default), not by the experiment's tag.
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def ui_command(uri: str, experiment_id: str | None = None) -> str:
+    """How to open these runs in the MLflow UI (on the experiment's training runs)."""
+    page = f"/#/experiments/{experiment_id}{TRAINING_VIEW}" if experiment_id else ""
     if uri.startswith(("http://", "https://")):
-        return f"open {mask_url(uri)} in a browser (MLflow tracking server)"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {mask_url(uri).rstrip('/')}{page} in a browser (MLflow tracking server)"
+    if not page:
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000{page}"
 
 
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
@@ -184,11 +195,12 @@ class Tracker:
 
     # ------------------------------------------------------------------ study level
     def experiment(self, study_name: str) -> str:
-        """Id of the study's experiment, created if missing."""
+        """Id of the study's experiment, created if missing, tagged as model development."""
         found = self.client.get_experiment_by_name(study_name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            self._tag_kind(found)
             return found.experiment_id
         location = None
         if self.artifact_root is not None and not self.uri.startswith(("http:", "https:")):
@@ -198,12 +210,20 @@ class Tracker:
                 raise UsageError(f"invalid study name {study_name!r} for an artifact folder")
             location = folder.as_uri()
         try:
-            return self.client.create_experiment(study_name, artifact_location=location)
+            return self.client.create_experiment(study_name, artifact_location=location,
+                                                 tags=dict([EXPERIMENT_KIND]))
         except Exception:  # another worker created it first
-            found = self.client.get_experiment_by_name(study_name)
-            if found is None:
+            if self.client.get_experiment_by_name(study_name) is None:
                 raise
-            return found.experiment_id
+            return self.experiment(study_name)
+
+    def tag_experiment(self, experiment_id: str) -> None:
+        """Tag an existing experiment as model development (studies made before the tag)."""
+        self._tag_kind(self.client.get_experiment(experiment_id))
+
+    def _tag_kind(self, experiment: Any) -> None:
+        if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            self.client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
 
     def start_parent(self, experiment_id: str, study_name: str, spec: dict[str, Any]) -> str:
         run = self.client.create_run(
@@ -226,6 +246,38 @@ class Tracker:
         self.client.log_text(parent_id, csv, "summary/summary.csv")
         for path in figures:
             self.client.log_artifact(parent_id, str(path), "summary")
+
+    def log_report(self, parent_id: str, files: list[Path], table: dict[str, list[Any]],
+                   folder: str = "report") -> None:
+        """The report's files under ``folder/`` (a folder keeps its name) and the verdict
+        table as an MLflow table artifact, ``folder/verdicts.json``."""
+        for path in files:
+            if path.is_dir():
+                self.client.log_artifacts(parent_id, str(path), f"{folder}/{path.name}")
+            else:
+                self.client.log_artifact(parent_id, str(path), folder)
+        self.log_table(parent_id, table, f"{folder}/verdicts.json")
+
+    def log_table(self, run_id: str, table: dict[str, list[Any]], path: str) -> None:
+        """A table artifact that ``MlflowClient.load_table`` reads and the MLflow UI shows,
+        replacing an earlier one at ``path`` (``MlflowClient.log_table`` would append its
+        rows to it: a resumed study would list every cell twice). Same file format (pandas
+        ``orient="split"`` JSON) and the same run tag as ``log_table``."""
+        import tempfile
+
+        import pandas as pd
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+        folder, _, name = path.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / name
+            pd.DataFrame(table).to_json(local, orient="split", index=False)
+            self.client.log_artifact(run_id, str(local), folder or None)
+        logged = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS,
+                                                                      "[]"))
+        entry = {"path": path, "type": "table"}
+        if entry not in logged:
+            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
 
     def finish_parent(self, parent_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(parent_id, status=status)

@@ -210,3 +210,20 @@ def assert_mlflow_tree(uri: str, name: str, trials: list[Any]) -> dict:
             assert run.info.status == "FINISHED"
             assert run.data.metrics["val_top1"] == t.value
     return children
+
+
+def assert_no_legend_over_data(fig: Any) -> None:
+    """No legend of ``fig`` (an axes' or the figure's) overlaps a visible axes' data area."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    for legend in [*legends, *fig.legends]:
+        box = legend.get_window_extent(renderer)
+        for ax in axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), (
+                f"a legend covers the axes {ax.get_title() or ax.get_xlabel()!r}")

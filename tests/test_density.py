@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from conftest import assert_no_legend_over_data
 from rich.console import Console
 
-from gct_ablate.analysis.density import applies, density_points, density_table, plot_density
+from gct_ablate.analysis.density import (
+    MAX_GROUPS,
+    applies,
+    density_points,
+    density_table,
+    plot_density,
+)
 from gct_ablate.stats import StudyResults, Summary, TrialRecord, summarize
 
 CELLS = {  # placement: (modules, total params, attention params, top-1 of 3 seeds)
@@ -15,20 +22,27 @@ CELLS = {  # placement: (modules, total params, attention params, top-1 of 3 see
 }
 
 
-def _summary() -> Summary:
+def _summary(others: tuple[str, ...] = ("",)) -> Summary:
+    """Placement crossed with ``others`` (levels of activation; "" = placement alone)."""
     trials, number = [], 0
     for level, (modules, total, attn, values) in CELLS.items():
-        for seed, value in enumerate(values):
-            metrics = {"val_top1": value, "n_attention_modules": modules,
-                       "params_total": total, "params_attention": attn}
-            trials.append(TrialRecord(f"placement={level}", seed, "COMPLETE", value, metrics,
-                                      {"placement": level}, number))
-            number += 1
+        for other in others:
+            cell = f"placement={level}" + (f" activation={other}" if other else "")
+            for seed, value in enumerate(values):
+                metrics = {"val_top1": value, "n_attention_modules": modules,
+                           "params_total": total, "params_attention": attn}
+                trials.append(TrialRecord(cell, seed, "COMPLETE", value, metrics,
+                                          {"placement": level}, number))
+                number += 1
     trials.append(TrialRecord("placement=block", 3, "FAIL", None, {}, {}, number))
-    spec = {"name": "placement_density", "vary": ["placement"], "metric": "val_top1",
-            "levels": {"placement": list(CELLS)}, "set": {}, "seeds": 3}
-    return summarize(StudyResults(spec, "placement=every-conv", True, trials,
-                                  "placement_density"))
+    vary = ["placement"] + (["activation"] if others != ("",) else [])
+    levels = {"placement": list(CELLS)} | ({"activation": list(others)} if len(vary) > 1
+                                           else {})
+    spec = {"name": "placement_density", "vary": vary, "metric": "val_top1",
+            "levels": levels, "set": {}, "seeds": 3}
+    ref = "placement=every-conv" + (f" activation={others[0]}" if others[0] else "")
+    return summarize(StudyResults(spec, ref, True, trials, "placement_density"),
+                     importance=False)
 
 
 def test_one_point_per_cell_with_modules_params_and_ci() -> None:
@@ -62,3 +76,29 @@ def test_applies_only_when_placement_varies() -> None:
     summary = _summary()
     summary.spec["vary"] = ["p"]
     assert not applies(summary)
+
+
+def _labels(ax) -> list[str]:
+    return sorted(t.get_text() for t in ax.texts)
+
+
+def test_points_are_labelled_beside_them_and_no_legend_covers_the_data() -> None:
+    fig = plot_density(_summary())
+    for ax in fig.axes:
+        assert _labels(ax) == sorted(CELLS)  # each placement named at its point
+        assert ax.get_legend() is None
+    assert not fig.legends  # one group: nothing to tell apart by colour
+    assert_no_legend_over_data(fig)
+
+
+def test_other_factors_get_a_colour_each_named_outside_the_axes() -> None:
+    fig = plot_density(_summary(("tanh", "sigmoid")))
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["activation=tanh",
+                                                          "activation=sigmoid"]
+    assert _labels(fig.axes[0]) == sorted(CELLS)  # the labels once, not per colour
+    assert_no_legend_over_data(fig)
+    many = plot_density(_summary(tuple(f"a{i}" for i in range(MAX_GROUPS + 1))))
+    assert not many.legends  # too many to tell apart: only the reference's levels
+    assert len(many.axes[0].containers) == len(CELLS)  # one error bar per placement
+    assert "the reference's levels" in many.get_suptitle()

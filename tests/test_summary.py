@@ -11,6 +11,7 @@ import math
 import numpy as np
 import optuna
 import pytest
+from conftest import assert_no_legend_over_data
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
@@ -28,6 +29,7 @@ from gct_ablate.summary import (
     Summary,
     SummaryError,
     TrialRecord,
+    levels_figure,
     load_results,
     plot_levels,
     render,
@@ -383,6 +385,13 @@ def test_plot_levels_writes_png(tmp_path, vary) -> None:
                   importance=False)
     path = plot_levels(s, tmp_path / "levels.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = levels_figure(s)  # a panel per factor (per cell with one), shared y, no legend
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_xlabel() for ax in panels] == list(vary)
+    assert all(panels[0].get_shared_y_axes().joined(panels[0], ax) for ax in panels[1:])
+    levels = [[t.get_text() for t in ax.get_xticklabels()] for ax in panels]
+    assert levels == [LEVELS[f] for f in vary]
+    assert_no_legend_over_data(fig)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -1,1 +1,1 @@
-"""Analysis of trained studies: gate statistics, post-hoc pruning, placement density."""
+"""Analysis of trained studies: gate statistics, post-hoc pruning, placement density, the report."""

@@ -1,5 +1,5 @@
-"""Analysis commands of trained studies: ``gates``, ``prune``, and ``evaluate`` of a saved
-network."""
+"""Analysis commands of trained studies: ``gates``, ``prune``, ``report``, and ``evaluate``
+of a saved network."""
 
 from __future__ import annotations
 
@@ -147,3 +147,33 @@ def evaluate(
                   f"{100 * metrics['val_top1']:.2f} %, val loss {metrics['val_loss']:.4f}, "
                   f"{total:,} parameters ({attn:,} in attention)", highlight=False,
                   soft_wrap=True)
+def report(
+    study: Annotated[str | None, typer.Argument(
+        help="Name of the study (default: the only study in the storage).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="HTML file to write (default: OUT/STUDY-report.html); the "
+        "Markdown twin goes beside it (.md) with its images in FILE_files/.")] = None,
+    storage: Storage = None,
+    out: Out = DEFAULT_OUT,
+    margin: Annotated[float | None, typer.Option(
+        help="Smallest difference that matters, in points of the metric; overrides the "
+        "study's for this report (default: the study's, else 0.5 for accuracies).")] = None,
+    log: Annotated[bool, typer.Option(
+        "--log/--no-log", help="Also log the report on the study's MLflow parent run "
+        "(report/), replacing the one `run` logged.")] = False,
+) -> None:
+    """One self-contained HTML report of a study, and its Markdown twin.
+
+    The question and the recipe, a forest plot of each cell against the
+    reference, the verdicts, the ANOVA, learning curves, the gates, any logged
+    prune curve, the cost. The HTML embeds its images and opens offline;
+    nothing is retrained. `run` writes it at the end too.
+    """
+    from gct_ablate.analysis.report import write_report
+
+    paths = write_report(study, out=out, storage=storage, margin=margin, output=output, log=log)
+    shown = {"highlight": False, "soft_wrap": True}  # paths stay whole, to copy and paste
+    console.print(f"report: {paths.html}", **shown)
+    console.print(f"markdown: {paths.markdown} (images in {paths.images}/)", **shown)
+    if paths.logged_to:
+        console.print(f"logged to MLflow run {paths.logged_to} under report/", **shown)

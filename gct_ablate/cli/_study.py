@@ -125,9 +125,12 @@ def run(
     _print_summary(result, fmt)
     if result.schedule:
         _print_undecided(result)
-    console.print(f"\nOpen the runs in MLflow:  [bold]{ui_command(plans[0].tracking_uri)}[/]")
+    ui = ui_command(plans[0].tracking_uri, result.tracking.get("mlflow_experiment_id"))
+    console.print(f"\nOpen the runs in MLflow:  [bold]{ui}[/]", soft_wrap=True)
     console.print(f"Summary again later:     gct-ablate summary {spec.study_name}"
                   + _storage_hint(storage, out))
+    console.print(f"Report (HTML, Markdown): {out / (spec.study_name + '-report.html')}",
+                  highlight=False, soft_wrap=True)
 
 
 def _storage_hint(storage: str | None, out: Path) -> str:

@@ -64,6 +64,7 @@ class TrialRecord:
     number: int = 0
     mlflow_run_id: str | None = None
     reason: str | None = None
+    curve: dict[int, float] = field(default_factory=dict)  # epoch -> the metric reported then
 
 
 @dataclass

@@ -1,0 +1,275 @@
+"""One report of a study: a self-contained HTML file and its Markdown twin.
+
+``write_report(study, out=..., storage=...)`` reads the stored study (Optuna trials with
+their per-epoch values, the trials' gate statistics and the parent run's prune figures from
+MLflow), and writes
+
+- ``OUT/STUDY-report.html``: every image embedded as a base64 PNG, CSS inline, no link to
+  anything outside the file (it opens offline, attached to an e-mail, years later);
+- ``OUT/STUDY-report.md``: the same text, its images as PNG files in the folder
+  ``OUT/STUDY-report_files/`` beside it (relative links).
+
+It retrains nothing and computes no pruning: what is not stored is left out, and the report
+says so. ``gct-ablate run`` writes it at the end and logs it on the parent run (``report/``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gct_ablate._util import DEFAULT_OUT
+from gct_ablate.analysis.report_content import Report, ReportFigure, ReportPaths, png
+from gct_ablate.errors import UsageError
+from gct_ablate.stats import StudyResults, Summary, summarize
+
+__all__ = ["Report", "ReportFigure", "ReportPaths", "build_report", "log_report",
+           "report_file", "save_report", "verdict_table", "write_report"]
+
+
+# ----------------------------------------------------------------------------- artifacts
+def _gates(results: StudyResults, store: Any) -> dict[str, list[list[dict[str, Any]]]]:
+    """cell -> per-seed gate statistics of its COMPLETE trials (cells without GCT left out).
+
+    Runs whose artifacts are local files are read from disk directly (one query for all the
+    runs instead of two calls per run); others are downloaded."""
+    from gct_ablate.artifacts import completed_by_cell
+
+    try:
+        groups = completed_by_cell(results)
+    except UsageError:
+        return {}
+    local = _local_artifact_dirs(results, store)
+    found = {}
+    for cell, trials in groups.items():
+        per_seed = []
+        for t in trials:
+            folder = local.get(t.mlflow_run_id or "")
+            if folder is not None:
+                path = folder / "gates" / "gates.json"
+                stats = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+            else:
+                stats = store.gates(t.mlflow_run_id)
+            if stats:
+                per_seed.append(stats)
+        if per_seed:
+            found[cell] = per_seed
+    return found
+
+
+def _local_artifact_dirs(results: StudyResults, store: Any) -> dict[str, Path]:
+    """run id -> local artifact folder of the study's trial runs stored as local files."""
+    from urllib.parse import unquote, urlparse
+
+    experiment = results.tracking.get("mlflow_experiment_id")
+    if not experiment:
+        return {}
+    runs = store.client.search_runs([experiment], "tags.`gct_ablate.role` = 'trial'",
+                                    max_results=50000)
+    out = {}
+    for run in runs:
+        uri = urlparse(run.info.artifact_uri or "")
+        if uri.scheme == "file" and Path(unquote(uri.path)).is_dir():
+            out[run.info.run_id] = Path(unquote(uri.path))
+    return out
+
+
+def _prune_pngs(store: Any, parent: str) -> list[tuple[str, bytes]]:
+    """The prune figures logged on the parent run (``prune/*.png``), name and bytes."""
+    out = []
+    for item in store.client.list_artifacts(parent, "prune"):
+        if item.is_dir or not item.path.endswith(".png"):
+            continue
+        local = store.download(parent, item.path)
+        if local is not None:
+            out.append((Path(item.path).stem, local.read_bytes()))
+    return out
+
+
+def _stored_figures(results: StudyResults, summary: Summary, missing: list[str]
+                    ) -> list[ReportFigure]:
+    """Gates and prune figures from the MLflow store (empty, with a reason, without one)."""
+    from gct_ablate.analysis.gate_plots import plot_gates, pool_stats
+    from gct_ablate.analysis.report_figures import cell_label, gates_heatmap
+    from gct_ablate.artifacts import RunStore
+
+    uri = results.tracking.get("tracking_uri")
+    if not uri:
+        missing.append("gates and prune figures: the study has no MLflow tracking URI")
+        return []
+    figures = []
+    try:
+        with RunStore(uri) as store:
+            gates = _gates(results, store)
+            parent = results.tracking.get("mlflow_parent_run_id")
+            prunes = _prune_pngs(store, parent) if parent else []
+    except Exception as err:  # an unreachable or moved store must not lose the report
+        missing.append(f"gates and prune figures: MLflow store {uri} not readable "
+                       f"({type(err).__name__})")
+        return []
+    if gates:
+        pooled = {cell: pool_stats(per_seed) for cell, per_seed in gates.items()}
+        grid = gates_heatmap(summary, pooled)
+        if grid is not None:
+            figures.append(ReportFigure(
+                "gates-cells", "GCT modules of every cell", "A row per cell, a column per "
+                "GCT module: gamma and how far the gate is from the identity (grey: a module "
+                "the cell does not have).", png(grid)))
+        ref = summary.reference_cell if summary.reference_cell in gates else next(iter(gates))
+        figures.append(ReportFigure(
+            "gates", f"Gates of {cell_label(ref)}", "Paper-style gate figure, the seeds "
+            "pooled: gamma per module (> 0 channels compete, < 0 cooperate), the gate on "
+            "validation data and its near-identity channels.",
+            png(plot_gates(gates[ref], f"{summary.study_name}: {cell_label(ref)}"))))
+    else:
+        missing.append("gates: no trial logged gate statistics (no GCT module, or no "
+                       "completed trial)")
+    for name, data in prunes:
+        figures.append(ReportFigure(f"prune-{name}", f"Prune curve ({name})",
+                                    "As logged on the parent run by `gct-ablate prune`.", data))
+    if not prunes:
+        missing.append("prune curve: none logged (run `gct-ablate prune STUDY`)")
+    return figures
+
+
+# ----------------------------------------------------------------------------- building
+def build_report(results: StudyResults, summary: Summary, *, artifacts: bool = True) -> Report:
+    """The report's content: the summary, the recipe and every figure that can be drawn from
+    what is stored. ``artifacts=False`` leaves the MLflow store alone (no gates, no prune)."""
+    from gct_ablate.analysis import density
+    from gct_ablate.analysis import report_figures as rf
+    from gct_ablate.analysis.recipe import recipe
+    from gct_ablate.summary import levels_figure
+
+    s = summary
+    figures: list[ReportFigure] = []
+    if any(not c.is_reference for c in s.cells):
+        figures.append(ReportFigure(
+            "forest", "Each cell against the reference", f"Δ {s.metric} of each cell minus "
+            f"the reference with its {s.confidence:.0%} CI (paired by seed where seeds are "
+            "shared); filled: decided, hollow: not; the shaded band is ±margin. A CI inside "
+            "the band means equivalent, one clear of 0 better or worse.",
+            png(rf.forest_figure(s))))
+    missing: list[str] = []
+    if (fig := rf.interaction_figure(s)) is not None:
+        figures.append(ReportFigure("interaction", "Interaction", "Cell means against the "
+                                    "first factor, a line per level of the second.", png(fig)))
+    if s.factors:
+        figures.append(ReportFigure("levels", "Levels", "Mean of the cell means per level, "
+                                    "95% CI; a panel per factor.", png(levels_figure(s))))
+    if (fig := rf.curves_figure(s, results.trials)) is not None:
+        figures.append(ReportFigure("curves", "Learning curves", "The validation metric after "
+                                    "each epoch (what the trials reported).", png(fig)))
+    else:
+        missing.append("learning curves: no trial reported per-epoch values")
+    if density.applies(s):
+        figures.append(ReportFigure("density", "Placement density", "The metric against the "
+                                    "number of GCT modules and their parameters.",
+                                    png(density.plot_density(s))))
+    if artifacts:
+        figures += _stored_figures(results, s, missing)
+    secs = [float(t.metrics["seconds"]) for t in results.trials
+            if isinstance(t.metrics.get("seconds"), (int, float))
+            and math.isfinite(t.metrics["seconds"])]
+    return Report(s, recipe(s), figures, len(secs), math.fsum(secs), missing,
+                  datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def report_file(out: Path, study: str) -> Path:
+    """Where ``run`` and ``report`` put a study's report: ``OUT/STUDY-report.html``."""
+    return Path(out) / f"{study}-report.html"
+
+
+def report_paths(html: Path) -> ReportPaths:
+    html = html if html.suffix else html.with_suffix(".html")
+    return ReportPaths(html, html.with_suffix(".md"), html.with_name(f"{html.stem}_files"))
+
+
+def save_report(report: Report, html: Path) -> ReportPaths:
+    """Write the HTML file, the Markdown twin beside it and the Markdown's images."""
+    from gct_ablate.analysis.report_text import to_html, to_markdown
+
+    paths = report_paths(Path(html))
+    try:
+        paths.images.mkdir(parents=True, exist_ok=True)
+        for old in paths.images.glob("*.png"):  # an earlier report's figures
+            old.unlink()
+        for f in report.figures:
+            (paths.images / f"{f.name}.png").write_bytes(f.png)
+        paths.html.write_text(to_html(report), encoding="utf-8")
+        paths.markdown.write_text(to_markdown(report, paths.images.name), encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"cannot write the report at {paths.html}: "
+                         f"{err.strerror or err}") from None
+    return paths
+
+
+def verdict_table(summary: Summary) -> dict[str, list[Any]]:
+    """The verdicts as columns (differences in points for accuracies): an MLflow table."""
+    s = summary
+    k = s.scale
+
+    def pts(x: float | None) -> float | None:
+        return None if x is None else k * x
+
+    cells = s.cells
+    return {
+        "cell": [c.cell or "(single cell)" for c in cells],
+        "n": [c.n for c in cells],
+        "mean": [pts(c.mean) for c in cells],
+        "test": [c.test or "reference" for c in cells],
+        "delta": [pts(c.delta) for c in cells],
+        "delta_ci_low": [pts(c.ci[0]) if c.ci else None for c in cells],
+        "delta_ci_high": [pts(c.ci[1]) if c.ci else None for c in cells],
+        "p_adjusted": [c.p_adjusted for c in cells],
+        "p_equivalence_adjusted": [c.p_equivalence_adjusted for c in cells],
+        "detects": [pts(c.mdd) for c in cells],
+        "seeds_needed": [c.seeds_needed for c in cells],
+        "verdict": [s.verdict_text(c) for c in cells],
+    }
+
+
+def log_report(tracker: Any, parent: str, report: Report, paths: ReportPaths) -> None:
+    """Log the report on the parent run: ``report/`` gets the HTML, the Markdown with its
+    images, the forest plot as ``report/forest.png`` and the verdict table
+    (``report/verdicts.json``, an MLflow table)."""
+    tracker.log_report(parent, paths.files, verdict_table(report.summary))
+    if report.figure("forest") is not None:
+        tracker.client.log_artifact(parent, str(paths.images / "forest.png"), "report")
+
+
+def write_report(study: str | None = None, *, out: str | Path = DEFAULT_OUT,
+                 storage: str | None = None, margin: float | None = None,
+                 output: Path | None = None, log: bool = False) -> ReportPaths:
+    """Write the report of a stored study (``study`` may be omitted when the storage holds
+    one) to ``output`` (default ``OUT/STUDY-report.html``) with its Markdown twin beside it.
+    ``margin``: points of the metric (default the study's). ``log``: also log it on the
+    study's MLflow parent run."""
+    from gct_ablate.storage import JOURNAL_NAME, open_storage, study_names
+    from gct_ablate.summary import load_results
+
+    out = Path(out)
+    if storage is None and not (out / JOURNAL_NAME).exists():
+        raise UsageError(f"no study storage in {out}; pass --out DIR or --storage URL")
+    opened = open_storage(storage, out)
+    if study is None:
+        names = study_names(opened)
+        if len(names) != 1:
+            raise UsageError(f"name a study; this storage has: {', '.join(names) or 'none'}")
+        study = names[0]
+    results = load_results(opened, study)
+    parent = results.tracking.get("mlflow_parent_run_id")
+    if log and not (parent and results.tracking.get("tracking_uri")):
+        raise UsageError(f"study {study!r} has no MLflow parent run to log the report on")
+    summary = summarize(results, margin=margin)
+    report = build_report(results, summary)
+    paths = save_report(report, output or report_file(out, study))
+    if log and parent:
+        from gct_ablate.tracking import Tracker
+
+        log_report(Tracker(results.tracking["tracking_uri"]), parent, report, paths)
+        paths = ReportPaths(paths.html, paths.markdown, paths.images, parent)
+    return paths
