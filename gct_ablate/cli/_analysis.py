@@ -138,7 +138,10 @@ def evaluate(
         raise UsageError(str(err)) from None
     saved = load_model(path, dev)
     cfg = saved.cfg
-    data = load_dataset(cfg.dataset, data_dir=data_dir or cfg.data_dir).to(dev)
+    options = {**cfg.data_options(), "download": False}
+    if data_dir:
+        options["data_dir"] = data_dir
+    data = load_dataset(cfg.dataset, **options).to(dev)
     metrics = run_eval(saved.model, data, 256)
     total, attn = count_parameters(saved.model)
     removed = len(saved.info.get("removed", []))
@@ -147,6 +150,10 @@ def evaluate(
                   f"{100 * metrics['val_top1']:.2f} %, val loss {metrics['val_loss']:.4f}, "
                   f"{total:,} parameters ({attn:,} in attention)", highlight=False,
                   soft_wrap=True)
+
+
+@app.command()
+@one_line_errors
 def report(
     study: Annotated[str | None, typer.Argument(
         help="Name of the study (default: the only study in the storage).")] = None,
