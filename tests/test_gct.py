@@ -10,6 +10,7 @@ batch-norm-kernel backward used for large inputs, at any size) and the eager ref
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -216,25 +217,82 @@ def test_kernel_is_built_and_used_for_float32_cpu(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("p", [2.0, 3.0, math.inf])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_kernel_threads_give_the_same_result(p, channels_last: bool):
-    """Rows split between threads: the same values (to float32 rounding) as one thread."""
+def test_kernel_gives_the_same_bits_at_any_thread_count(p, channels_last: bool):
+    """Rows are cut into shares by the shape alone and summed in share order: 1 to 4
+    threads give bit-identical outputs and gradients."""
     m = make_gct("fused", 16, torch.float32, p=p, norm="layer")
-    x, dy = randn(8, 16, 32, 32, dtype=torch.float32), randn(8, 16, 32, 32, seed=2)
+    x, dy = randn(32, 16, 32, 32, dtype=torch.float32), randn(32, 16, 32, 32, seed=2)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    plan = _kernel._plan(x.shape, channels_last, m.config, 4, m.alpha.shape)
+    assert plan.cfg.rows == 8  # 8 rows of 16 * 32 * 32 values: 4 shares of 2^17 values
     threads = torch.get_num_threads()
+    results = []
     try:
-        torch.set_num_threads(1)
-        one = outputs_and_grads(m, x, params_of(m), dy.float())
-        torch.set_num_threads(4)
-        plan = _kernel._plan(x.shape, channels_last, m.config, 4, m.alpha.shape)
-        assert plan.cfg.threads == 4
-        four = outputs_and_grads(m, x, params_of(m), dy.float())
+        for n in (1, 2, 3, 4):
+            torch.set_num_threads(n)
+            results.append(outputs_and_grads(m, x, params_of(m), dy.float()))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one[0], four[0]) and torch.equal(one[1], four[1])
-    for a, b in zip(one[2:], four[2:], strict=True):  # sums over rows, in another order
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_kernel_keeps_small_tensors_on_one_share():
+    """Below two shares' worth of values the kernel never wakes a second thread."""
+    cfg = GCT(64).config
+    assert _kernel._plan(torch.Size((4, 64, 8, 8)), False, cfg, 2, (1, 64, 1, 1)).cfg.rows == 32
+    assert _kernel._plan(torch.Size((128, 64, 8, 8)), False, cfg, 2, (1, 64, 1, 1)).cfg.rows == 32
+    assert _kernel._plan(torch.Size((2, 512, 32, 32)), True, cfg, 2, (1, 512, 1, 1)).cfg.rows == 1
+
+
+def test_kernel_reports_the_interface_this_module_expects():
+    """The C side's struct layout and enum values equal the Python copy; a changed value
+    is named."""
+    lib = _kernel.library()
+    reported = lib.gct_interface().decode()
+    assert _kernel.interface_mismatch(reported) is None
+    assert "openmp=1" in reported.split()
+    changed = reported.replace("A_ERF=4", "A_ERF=9")
+    assert _kernel.interface_mismatch(changed) == "A_ERF: C 9, Python 4"
+    assert "sizeof: C missing" in _kernel.interface_mismatch("P_GAP=0")
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    (("enum { A_TANH, A_SIGMOID,", "enum { A_SIGMOID, A_TANH,"),
+     "interface mismatch with gct_kernel-"),
+    (("channels_last, pmode, after_relu, norm, act, threads;",
+      "channels_last, pmode, after_relu, norm, threads, act;"),
+     "interface mismatch with gct_kernel-"),
+    (("for (int64_t c = 0; c < C; c++) e[c] = (float)w[c];",
+      "for (int64_t c = 0; c < C; c++) e[c] = (float)w[c] + 0.01f;"), "self-check failed: y off"),
+], ids=["enum", "struct", "maths"])
+def test_a_kernel_out_of_step_falls_back_to_torch_with_one_warning(
+        edit, reason, tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A C file whose enums, struct or maths disagree with the Python side is built, found
+    out at load, and replaced by the torch path with one warning line."""
+    source = _kernel.SOURCE.read_text()
+    assert edit[0] in source
+    changed = tmp_path / "_kernel.c"
+    changed.write_text(source.replace(edit[0], edit[1]))
+    monkeypatch.setattr(_kernel, "SOURCE", changed)
+    monkeypatch.setenv("GCT_ABLATE_CACHE", str(tmp_path / "cache"))
+    _kernel._load.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning) as caught:
+            assert _kernel.library() is None
+        assert len(caught) == 1 and "\n" not in str(caught[0].message)
+        assert reason in str(caught[0].message)
+        assert _kernel.describe().startswith(f"eager torch ({reason}")
+        m = make_gct("fused", 8, torch.float32)
+        x = randn(2, 8, 4, 4, dtype=torch.float32)
+        y = m(x)  # the torch passes
+        torch.testing.assert_close(y, m.double()(x.double()).float(), rtol=1e-5, atol=1e-5)
+    finally:
+        monkeypatch.undo()
+        _kernel._load.cache_clear()
+    assert _kernel.library() is not None
 
 
 @pytest.mark.parametrize("shape", [
@@ -332,13 +390,20 @@ def test_kernel_takes_a_gradient_in_another_layout(x_last: bool, dy_last: bool):
 ])
 def test_kernel_falls_back_to_torch(env: dict, reason: str, tmp_path,
                                     monkeypatch: pytest.MonkeyPatch):
-    """Switched off, no compiler, or a failing build: the torch passes, with the reason."""
+    """Switched off, no compiler, or a failing build: the torch passes, with the reason
+    (a warning line only for the failed build: the other two are the user's choice or
+    setup)."""
     monkeypatch.setenv("GCT_ABLATE_CACHE", str(tmp_path))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     _kernel._load.cache_clear()
     try:
-        assert _kernel.library() is None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert _kernel.library() is None
+        assert [str(w.message) for w in caught] == (
+            [f"GCT C kernel not used ({_kernel.describe()[len('eager torch ('):-1]}); "
+             "using the eager torch path"] if env.get("CC") == "false" else [])
         assert _kernel.describe().startswith("eager torch") and reason in \
             _kernel.describe()
         m = make_gct("fused", 8, torch.float32)

@@ -261,7 +261,7 @@ class _KernelGCTFunction(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph=True: gradients that refuse a second pass
             return _kernel_backward_once(ctx, dy)
-        return _kernel_backward(ctx, dy)  # (once_differentiable costs 4 us a call)
+        return _kernel_backward(ctx, dy)  # (once_differentiable adds a wrapper per call)
 
 
 def _kernel_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:

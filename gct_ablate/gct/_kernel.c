@@ -2,13 +2,16 @@
  *
  * A row (one sample, C x H x W) is reduced, its (C,) gate maths done in double, and it is
  * scaled while it is still in cache: forward reads x once and writes y once; backward reads
- * (dy, x) for the per-channel dot and again (from cache) to write dx. Rows are split between
- * threads. Layouts: NCHW contiguous (a channel's H*W values are contiguous) or channels_last
+ * (dy, x) for the per-channel dot and again (from cache) to write dx. Rows are cut into
+ * shares of a fixed size (k->rows rows, set by the caller from the shape alone, so results
+ * do not depend on the thread count) that run on the process's OpenMP threads (torch's own
+ * pool when torch has loaded libgomp). Layouts: NCHW contiguous (a channel's H*W values are contiguous) or channels_last
  * (NHWC: the C channels of one pixel are contiguous). No Python or torch headers: the
  * library is plain C, built with the system compiler on first use and called via ctypes.
  */
 #include <math.h>
-#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +24,7 @@ enum { A_TANH, A_SIGMOID, A_SOFTSIGN, A_HARDTANH, A_ERF };
 typedef struct {
     int64_t B, C, HW;
     int32_t channels_last, pmode, after_relu, norm, act, threads;
+    int64_t rows;  /* rows per share */
     double p, eps;
 } Cfg;
 
@@ -140,10 +144,9 @@ static int64_t grouped_upto(int64_t C, int64_t HW) {
 
 /* The backward's dot pass over a row also asks for the cache lines of the dx row that the
  * next pass writes, a few at a time, so that their reads for ownership overlap the dot's
- * reads. Measured (one core, AMD EPYC): 10-28 % off the backward when the tensors stream
- * from memory (6 MiB and more each) and a row stays in L2; 2-19 % slower when the
- * tensors sit in the last-level cache (4 MiB and less), and nothing gained in the forward
- * pass (y). So only for those sizes. */
+ * reads. It pays only when the tensors stream from memory and a row stays in L2 (it slows
+ * tensors that sit in the last-level cache, and the forward gains nothing), hence the two
+ * bounds below (benchmarks/gct_op measures them). */
 #define PREFETCH_MIN_TENSOR_BYTES (6 << 20)
 #define PREFETCH_MAX_ROW_BYTES (256 << 10)
 /* always_inline: as a call, GCC finds the function free of side effects and drops it */
@@ -165,7 +168,7 @@ static void repeat_tile(const float *v, int64_t C, int64_t T, float *restrict ti
 /* Per-channel sums over the H*W pixels of a channels_last row, in double: float partial
  * sums in the tile acc over blocks of 64 tiles, added up in double. A tile of TILE values
  * (C a divisor of TILE, or C = TILE) is summed in 16 vectors of 16 lanes, which stay in
- * registers: through memory, the sums took 40 % of the forward at C = 64. */
+ * registers (sums through memory dominated the forward). */
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 static inline v16f load16(const float *p) { v16f v; memcpy(&v, p, sizeof v); return v; }
@@ -173,8 +176,7 @@ static inline v16f abs16(v16f v) { return (v16f)((v16i)v & 0x7fffffff); }
 static inline v16f sq16(v16f v) { return v * v; }
 /* Adds a tile's sums, held in 16 registers, to out (C a multiple of 16 dividing TILE, or
  * TILE): register t holds channels 16 (t mod C/16) on, so the registers are folded in
- * halves down to C/16 of them, with constant indices (a memory round trip cost about 15 %
- * of the backward's dot at C = 64). */
+ * halves down to C/16 of them, with constant indices (no round trip through memory). */
 static inline void fold_tile(v16f *r, int64_t C, double *restrict out) {
     const int64_t per = C / 16;
     for (int half = TILE / 32; half >= 1; half /= 2) {
@@ -617,8 +619,8 @@ static void backward_rows(const Job *j) {
         const float *e = j->stats + b * C, *gate = e + k->B * C, *dact = gate + k->B * C;
         const float *x = j->x + b * n;
         const float *dy = j->dy + b * n;
-        /* recomputed, not kept from the forward: storing u and q took 6 % off this backward
-         * at (128, 64, 8, 8) but put ResNet-20's saved memory at 1.502x plain (target 1.5x) */
+        /* recomputed, not kept from the forward: keeping u and q would be a little faster
+         * but would grow the memory saved for backward (benchmarks/memory) */
         double q = gate_pre(k, e, j->alpha, j->gamma, j->beta, s, u, NULL);
         dot_row(k, dy, x, w, j->tile,                   /* dL/dgate */
                 prefetch ? j->dx + b * n : NULL);
@@ -645,55 +647,78 @@ static void backward_rows(const Job *j) {
 }
 
 /* ---------------------------------------------------------------- threads */
-typedef struct { Job job; int backward; } Task;
-
-static void *run_task(void *arg) {
-    Task *t = arg;
-    if (t->backward) backward_rows(&t->job);
-    else forward_rows(&t->job);
-    return NULL;
+static void run_share(const Job *j, int backward) {
+    if (backward) backward_rows(j);
+    else forward_rows(j);
 }
 
-/* Splits the rows between k->threads threads (at most 64); for the backward, sums
- * the shares' parameter gradients into pgrad (3, C). Returns 0, or -1 if out of memory. */
+/* Cuts the rows into shares of k->rows rows (at most 256 shares) and runs them on up to
+ * k->threads OpenMP threads; for the backward, sums the shares' parameter gradients into
+ * pgrad (3, C) in share order. Returns 0, or -1 if out of memory. */
 static int run_rows(const Job *job, int backward, float *pgrad) {
     const int64_t B = job->k->B, C = job->k->C;
     const int64_t per = 8 * C + (C + 2 * tile_of(C) + 1) / 2;  /* doubles per share */
-    int64_t n = job->k->threads;
-    if (n > B) n = B;
-    if (n > 64) n = 64;
-    if (n < 1) n = 1;
+    int64_t rows = job->k->rows < 1 ? 1 : job->k->rows;
+    int64_t n = (B + rows - 1) / rows;
+    if (n > 256) { rows = (B + 255) / 256; n = (B + rows - 1) / rows; }
+    int threads = job->k->threads;
+    if (threads > n) threads = (int)n;
+    if (threads < 1) threads = 1;
     double *scratch = calloc((size_t)(n * per), sizeof(double));
-    if (!scratch) return -1;
-    Task tasks[64];
-    pthread_t ids[64];
-    int64_t started = 0;
+    Job *jobs = malloc((size_t)n * sizeof(Job));
+    if (!scratch || !jobs) { free(scratch); free(jobs); return -1; }
     for (int64_t i = 0; i < n; i++) {
-        tasks[i].job = *job;
-        tasks[i].backward = backward;
-        tasks[i].job.b0 = B * i / n;
-        tasks[i].job.b1 = B * (i + 1) / n;
-        tasks[i].job.w = scratch + i * per;
-        tasks[i].job.part = scratch + i * per + 5 * C;
-        tasks[i].job.coef = (float *)(scratch + i * per + 8 * C);
-        tasks[i].job.tile = tasks[i].job.coef + C;
+        jobs[i] = *job;
+        jobs[i].b0 = i * rows;
+        jobs[i].b1 = (i + 1) * rows < B ? (i + 1) * rows : B;
+        jobs[i].w = scratch + i * per;
+        jobs[i].part = scratch + i * per + 5 * C;
+        jobs[i].coef = (float *)(scratch + i * per + 8 * C);
+        jobs[i].tile = jobs[i].coef + C;
     }
-    for (int64_t i = 1; i < n; i++) {  /* the calling thread does the first share */
-        if (pthread_create(&ids[i], NULL, run_task, &tasks[i]) != 0) break;
-        started = i;
+    if (threads > 1) {
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t i = 0; i < n; i++) run_share(&jobs[i], backward);
+    } else {
+        for (int64_t i = 0; i < n; i++) run_share(&jobs[i], backward);
     }
-    run_task(&tasks[0]);
-    for (int64_t i = started + 1; i < n; i++) run_task(&tasks[i]);  /* thread start failed */
-    for (int64_t i = 1; i <= started; i++) pthread_join(ids[i], NULL);
     if (backward) {
         for (int64_t c = 0; c < 3 * C; c++) {
             double acc = 0.0;
-            for (int64_t i = 0; i < n; i++) acc += tasks[i].job.part[c];
+            for (int64_t i = 0; i < n; i++) acc += jobs[i].part[c];
             pgrad[c] = (float)acc;
         }
     }
+    free(jobs);
     free(scratch);
     return 0;
+}
+
+/* ---------------------------------------------------------------- interface */
+/* The layout of Cfg and the values of the enums this file was compiled with, as
+ * "name=value" words: the loader compares them with its own copy before any call. */
+const char *gct_interface(void) {
+    static char text[640];
+    snprintf(text, sizeof text,
+             "sizeof=%zu B=%zu C=%zu HW=%zu channels_last=%zu pmode=%zu after_relu=%zu "
+             "norm=%zu act=%zu threads=%zu rows=%zu p=%zu eps=%zu "
+             "P_GAP=%d P_INF=%d P_ONE=%d P_TWO=%d P_GIVEN=%d P_THREE=%d P_FOUR=%d "
+             "N_L2=%d N_L1=%d N_LAYER=%d N_NONE=%d "
+             "A_TANH=%d A_SIGMOID=%d A_SOFTSIGN=%d A_HARDTANH=%d A_ERF=%d openmp=%d",
+             sizeof(Cfg), offsetof(Cfg, B), offsetof(Cfg, C), offsetof(Cfg, HW),
+             offsetof(Cfg, channels_last), offsetof(Cfg, pmode), offsetof(Cfg, after_relu),
+             offsetof(Cfg, norm), offsetof(Cfg, act), offsetof(Cfg, threads),
+             offsetof(Cfg, rows), offsetof(Cfg, p), offsetof(Cfg, eps),
+             P_GAP, P_INF, P_ONE, P_TWO, P_GIVEN, P_THREE, P_FOUR,
+             N_L2, N_L1, N_LAYER, N_NONE,
+             A_TANH, A_SIGMOID, A_SOFTSIGN, A_HARDTANH, A_ERF,
+#ifdef _OPENMP
+             1
+#else
+             0
+#endif
+    );
+    return text;
 }
 
 /* ---------------------------------------------------------------- entry points */
