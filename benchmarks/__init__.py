@@ -1,4 +1,4 @@
-"""Benchmarks of issue 6, run on demand (not part of pytest): ``python -m benchmarks.<name>``.
+"""Speed and memory benchmarks, run on demand (not part of pytest): ``python -m benchmarks.<name>``.
 
 Torch's page-aligned allocation mode is set here, before any benchmark imports torch, as
 ``gct-ablate`` sets it for its own processes (see ``gct_ablate._util.page_aligned_tensors``;

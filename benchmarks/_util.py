@@ -104,11 +104,26 @@ def set_threads(threads: int) -> int:
     return n
 
 
-def arg_parser(description: str, rounds: int) -> argparse.ArgumentParser:
+def thread_counts(text: str) -> list[int]:
+    """``"1,all"`` -> ``[1, os.cpu_count()]`` (in order, without repeats)."""
+    counts: list[int] = []
+    for word in text.split(","):
+        word = word.strip().lower()
+        n = (os.cpu_count() or 1) if word == "all" else int(word)
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"invalid thread count {word!r}")
+        if n not in counts:
+            counts.append(n)
+    return counts
+
+
+def arg_parser(description: str, rounds: int, threads: str = "1,all"
+               ) -> argparse.ArgumentParser:
     """Common options: --threads, --rounds, --tune-malloc."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: stable on a shared machine)")
+    parser.add_argument("--threads", type=thread_counts, default=thread_counts(threads),
+                        help="torch intra-op thread counts to measure, e.g. 1,2 or 1,all "
+                             f"(default {threads}: each count is measured in turn)")
     parser.add_argument("--rounds", type=int, default=rounds, help="interleaved timing rounds")
     parser.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
                         help="glibc mallopt: keep freed memory, as gct-ablate's own processes "
@@ -116,11 +131,11 @@ def arg_parser(description: str, rounds: int) -> argparse.ArgumentParser:
     return parser
 
 
-def setup(args: argparse.Namespace) -> None:
-    """Apply --tune-malloc and --threads, and print the settings."""
+def setup(args: argparse.Namespace) -> list[int]:
+    """Apply --tune-malloc, print the settings; the thread counts to measure in turn."""
     print(f"glibc malloc tuned: {tune_malloc() if args.tune_malloc else 'no (--no-tune-malloc)'}; "
           f"torch page-aligned allocation ({THP_ENV}): {os.environ.get(THP_ENV) == '1'}")
-    set_threads(args.threads)
+    return args.threads
 
 
 def verdict(checks: Sequence[tuple[str, bool]]) -> str:

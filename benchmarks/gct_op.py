@@ -1,14 +1,15 @@
-"""Benchmark 1 (issue 6): forward + backward of one GCT on CPU float32.
+"""Forward + backward of one GCT on CPU float32.
 
-Compares, side by side in one run, the tool's fused module against the plain eager
-transcription of the published formula (the reference) and against a memory floor (a
-per-channel sum reduction plus a broadcast multiply forward, and the same backward), at
+At 1 thread and at all cores in turn (``--threads``), compares side by side the tool's
+fused module against the plain eager transcription of the published formula (the
+reference) and against a memory floor (a per-channel sum reduction plus a broadcast
+multiply forward, and the same backward), at
 (128,16,32,32), (128,64,8,8), (32,256,28,28), contiguous and channels_last. Then every
 p / norm / activation option against its eager reference at one shape.
 Targets: >= 2x the reference at (128,16,32,32) and (32,256,28,28), >= 1.5x at (128,64,8,8);
 <= 1.5x the floor; outputs and gradients equal to the reference within 1e-5.
 
-    python -m benchmarks.gct_op [--threads 1] [--rounds 15] [--quick]
+    python -m benchmarks.gct_op [--threads 1,all] [--rounds 15] [--quick]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmarks._util import arg_parser, interleaved, ratio, setup, verdict
+from benchmarks._util import arg_parser, interleaved, ratio, set_threads, setup, verdict
 from gct_ablate.gct import ACTIVATIONS, GCT, NORMS, _fused, gct_reference, published_gct
 
 SHAPES = ((128, 16, 32, 32), (128, 64, 8, 8), (32, 256, 28, 28))
@@ -149,10 +150,14 @@ def main() -> None:
     parser = arg_parser(__doc__.splitlines()[0], rounds=15)
     parser.add_argument("--quick", action="store_true", help="skip the per-option sweep")
     args = parser.parse_args()
-    setup(args)
-    checks = bench_shapes(args.rounds)
-    if not args.quick:
-        checks += bench_options(max(5, args.rounds // 2), (64, 32, 16, 16))
+    checks = []
+    for n in setup(args):
+        print()
+        set_threads(n)
+        found = bench_shapes(args.rounds)
+        if not args.quick:
+            found += bench_options(max(5, args.rounds // 2), (64, 32, 16, 16))
+        checks += [(f"{n} thread(s): {name}", ok) for name, ok in found]
     print(verdict(checks))
 
 

@@ -1,4 +1,4 @@
-"""Benchmark 4 (issue 6): activation memory saved for backward, in the train_step setting.
+"""Activation memory saved for backward, in the train_step setting.
 
 ResNet-20, batch 128, 32x32, GCT before every conv. Counts the bytes of the unique storages
 that autograd saves for backward during one forward pass (``saved_tensors_hooks``;
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks._util import arg_parser, interleaved, ratio, setup, verdict
+from benchmarks._util import arg_parser, interleaved, ratio, set_threads, setup, verdict
 from benchmarks.train_step import DESCRIPTIONS, VARIANTS, batch, build, step_fn
 
 TARGETS = {"gct": 1.5, "gct-recompute": 1.15}  # saved bytes, x plain
@@ -75,12 +75,12 @@ def rss_growth(variant: str) -> int:
 
 
 def main() -> None:
-    parser = arg_parser(__doc__.splitlines()[0], rounds=7)
+    parser = arg_parser(__doc__.splitlines()[0], rounds=7, threads="1")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child)
-    setup(args)
+    set_threads(setup(args)[0])
     x, y = batch()
     variants = [v for v in VARIANTS if v != "floor"]
     saved = {v: saved_bytes(build(v), x, y) for v in variants}

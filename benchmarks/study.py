@@ -25,7 +25,7 @@ minus ``metrics['seconds']`` (measured inside ``train_eval``) is the bookkeeping
 ``train_eval``, a lower bound. For the hand-written script the share is its storage and MLflow
 calls over the time spent in ``study.optimize`` (its trials plus their callbacks).
 
-Targets (issue 6): ``--workers 2`` at least 1.5x faster than the hand-written script on this
+Targets: ``--workers 2`` at least 1.5x faster than the hand-written script on this
 2-core machine; bookkeeping under 5% of trial time.
 
     python -m benchmarks.study [--epochs 15] [--seeds 3] [--repeats 1] [--quick] [--keep]
