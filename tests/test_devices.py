@@ -2,12 +2,14 @@
 
 import collections
 import math
+import os
 
 import optuna
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from mlflow import MlflowClient
+from rich.console import Console
 from typer.testing import CliRunner
 
 from gct_ablate.cli import app
@@ -21,7 +23,12 @@ from gct_ablate.devices import (
     worker_devices,
 )
 from gct_ablate.errors import UsageError
+from gct_ablate.grid import prepare_study
+from gct_ablate.runner import run_workers
+from gct_ablate.spec import StudySpec, TrialConfig
 from gct_ablate.storage import open_storage
+from gct_ablate.tracking import Tracker, default_tracking_uri
+from gct_ablate.worker import WorkerOptions
 
 runner = CliRunner()
 TINY = ["--set", "epochs=1", "--threads", "1", "--no-save-models"]
@@ -147,3 +154,25 @@ def test_a_cpu_run_records_the_device_on_trials_mlflow_and_status(tmp_path, monk
     rows = [line for line in status.output.splitlines() if " cpu " in f" {line} "]
     pids = {str(t.user_attrs["pid"]) for t in study.trials}
     assert len(rows) == len(pids) and all(any(p in row for p in pids) for row in rows)
+
+
+# ---------------------------------------------------------------- each worker its device
+def test_each_worker_process_trains_on_its_own_device(tmp_path):
+    """Two workers, one trial each: this process's on "cpu", the spawned one's on "meta" (a
+    device that holds no data, so its trial fails): each trial records its worker's device."""
+    base = TrialConfig(threads=1, save_model=False)
+    spec = StudySpec(vary=("p",), levels={"p": ("1", "2")}, fixed={"epochs": 1}, seeds=2,
+                     name="placed", base=base)
+    tracker = Tracker(default_tracking_uri(tmp_path), artifact_root=tmp_path / "art")
+    prepare_study(spec, open_storage(None, tmp_path), tracker)
+    opts = WorkerOptions(study_name="placed", storage=None, out_dir=str(tmp_path), base=base,
+                         max_trials=1)
+    run_workers(opts, 2, 1, Console(quiet=True), devices=["cpu", "meta"])
+    study = optuna.load_study(study_name="placed", storage=open_storage(None, tmp_path))
+    ran = {t.user_attrs["device"]: t for t in study.trials if "device" in t.user_attrs}
+    assert set(ran) == {"cpu", "meta"}
+    assert ran["cpu"].state.name == "COMPLETE" and ran["cpu"].user_attrs["pid"] == os.getpid()
+    assert ran["meta"].state.name == "FAIL" and ran["meta"].user_attrs["pid"] != os.getpid()
+    client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
+    for device, t in ran.items():
+        assert client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["device"] == device
