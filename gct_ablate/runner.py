@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gct_ablate._util import stop_signals, tune_malloc
+from gct_ablate.devices import gpu_index
 from gct_ablate.storage import load_study, open_storage
 from gct_ablate.worker import Interrupted, WorkerOptions, interrupted_by, run_worker
 
@@ -44,6 +46,9 @@ def _worker_main(opts: WorkerOptions) -> None:
     import torch
 
     torch.set_num_threads(opts.base.threads or 1)
+    index = gpu_index(opts.base.device)
+    if index is not None:  # its CUDA context on its own GPU only
+        torch.cuda.set_device(index)
     try:
         run_worker(opts)
     except (KeyboardInterrupt, Interrupted):
@@ -92,13 +97,13 @@ def _render(name: str, info: dict[str, Any], epochs: int, started: float, worker
         f" elapsed {elapsed:.0f}s  remaining ~{eta}",
     )
     table = Table(box=None, show_header=True, header_style="dim", pad_edge=False)
-    for col in ("trial", "cell", "seed", "epoch", "worker"):
+    for col in ("trial", "cell", "seed", "epoch", "worker", "device"):
         table.add_column(col)
     for t in sorted(info["running"], key=lambda t: t.number)[:8]:
         epoch = len(t.intermediate_values)
         table.add_row(str(t.number), t.user_attrs["cell"] or "-", str(t.user_attrs["seed"]),
                       f"{epoch}/{epochs}", f"{t.user_attrs.get('host', '?')}:"
-                      f"{t.user_attrs.get('pid', '?')}")
+                      f"{t.user_attrs.get('pid', '?')}", str(t.user_attrs.get("device", "?")))
     return Group(head, table) if info["running"] else head
 
 
@@ -139,12 +144,14 @@ class LiveDisplay:
         self.console.print()
 
 
-def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console | None = None
-                ) -> list[int]:
+def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console | None = None,
+                devices: Sequence[str] | None = None) -> list[int]:
     """Run ``workers`` workers to the end of the queue, under a live display on ``console``.
 
     One worker runs in this process (already warm); the other N-1 are spawned processes
-    (one ``import torch`` each), each worker with its share of the cores. Ctrl-C or
+    (one ``import torch`` each), each worker with its share of the cores. ``devices``: the
+    device of each worker (:func:`gct_ablate.devices.worker_devices`; default: every worker
+    on ``opts.base.device``), the first one this process's. Ctrl-C or
     SIGTERM stops them cleanly: their running trials are failed and re-queued, so the
     same command resumes. Returns the exit codes of spawned workers that failed.
     """
@@ -152,6 +159,10 @@ def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console
 
     threads = threads_per_worker(workers, opts.base.threads)
     opts = replace(opts, base=opts.base.replace(threads=threads))
+    devices = list(devices or [opts.base.device] * workers)
+    if len(devices) != workers:
+        raise ValueError(f"{len(devices)} devices for {workers} workers")
+    each = [replace(opts, base=opts.base.replace(device=d)) for d in devices]
     procs: list[Any] = []
     display = (LiveDisplay(opts, epochs, workers, console) if console is not None
                else contextlib.nullcontext())
@@ -159,13 +170,15 @@ def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console
     try:
         with stop_signals(interrupted_by), display:
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker_main, args=(opts,), daemon=False)
-                     for _ in range(workers - 1)]
+            procs = [ctx.Process(target=_worker_main, args=(o,), daemon=False)
+                     for o in each[1:]]
             for p in procs:  # the others start while this process, already warm, works
                 p.start()
             torch.set_num_threads(threads)
             tune_malloc()
-            run_worker(opts)
+            index = gpu_index(devices[0])
+            with torch.cuda.device(index) if index is not None else contextlib.nullcontext():
+                run_worker(each[0])
             for p in procs:
                 p.join()
     except BaseException:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gct_ablate._util import DEFAULT_OUT
 from gct_ablate.cost import CostEstimate, CostLimits, check_cost, estimate_cost
+from gct_ablate.devices import cuda_count, worker_devices
 from gct_ablate.errors import StudyNotFound, UsageError
 from gct_ablate.grid import QUEUED, check_tracking_uri, find_study, prepare_study, spec_from_attrs
 from gct_ablate.locks import study_lock
@@ -52,6 +53,7 @@ class StudyPlan:
     tracking_uri: str
     out: Path
     estimate: CostEstimate | None = None  # None when the cost check was off
+    devices: tuple[str, ...] = ()  # the device of each local worker
 
 
 def output_dir(out: str | Path) -> Path:
@@ -69,6 +71,13 @@ def output_dir(out: str | Path) -> Path:
 def default_workers() -> int:
     """Local worker processes when none are asked for: one per core, at most 4."""
     return min(os.cpu_count() or 1, 4)
+
+
+def place(device: str, workers: int, gpus: str | Sequence[int] | None) -> list[str]:
+    """The device of each local worker: round-robin over ``gpus`` (default: every visible
+    GPU) for --device auto or cuda; see :func:`gct_ablate.devices.worker_devices`."""
+    count = cuda_count() if gpus is not None or device in ("auto", "cuda") else 0
+    return worker_devices(device, workers, gpus, count, os.environ)
 
 
 def preflight_data(spec: StudySpec, tracking_uri: str | None = None) -> None:
@@ -102,6 +111,7 @@ def run_study(
     on_look: Callable[[Any, int], None] | None = None,
     limits: CostLimits | None = CostLimits(),
     confirm: Callable[[CostEstimate], bool] | None = None,
+    gpus: str | Sequence[int] | None = None,
 ) -> Summary:
     """Create or resume the study, run every queued cell x seed, and summarise it.
 
@@ -120,10 +130,17 @@ def run_study(
     Before anything is queued the cost is estimated (:mod:`gct_ablate.cost`); above
     ``limits`` the study starts only if ``confirm(estimate)`` returns True, else a one-line
     :class:`gct_ablate.cost.TooCostly`. ``limits=None`` skips the check.
+
+    With CUDA the workers are placed round-robin over ``gpus`` (indices among the visible
+    GPUs, e.g. ``"0,2"``; default: all of them), several per GPU when there are more
+    workers than GPUs; each trial records its device (Optuna user attribute and MLflow tag
+    ``device``). Without CUDA, ``gpus`` is a one-line error.
     """
     from gct_ablate.runner import run_workers
 
     make_pruner(pruner)
+    n_workers = workers or default_workers()
+    devices = place(spec.base.device, n_workers, gpus)
     preflight_data(spec)  # bad data: refused before any folder or store is made
     out = output_dir(out)
     uri = resolve_tracking_uri(out, tracking_uri)
@@ -133,7 +150,6 @@ def run_study(
     if existing is not None:  # before touching any store: tracked elsewhere is refused
         check_tracking_uri(existing, uri)
         spec = _keep_schedule(existing, spec)
-    n_workers = workers or default_workers()
     estimate = None
     if limits is not None:  # before anything is queued or any MLflow store is made
         estimate = estimate_cost(spec, existing, workers=n_workers, limits=limits)
@@ -147,14 +163,14 @@ def run_study(
             total=len(spec.trials()), done=prepared.done, enqueued=prepared.enqueued,
             failed_left=prepared.failed_left, workers=n_workers,
             storage=storage_label(storage, out), tracking_uri=uri, out=out,
-            estimate=estimate))
+            estimate=estimate, devices=tuple(devices)))
     opts = WorkerOptions(study_name=spec.study_name, storage=storage, out_dir=str(out),
                          base=spec.base, tracking_uri=tracking_uri, pruner=pruner,
                          heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
     epochs = spec.config(()).epochs
 
     def work() -> None:
-        failed = run_workers(opts, n_workers, epochs, console)
+        failed = run_workers(opts, n_workers, epochs, console, devices)
         if failed and console is not None:
             console.print(f"[red]{len(failed)} worker process(es) stopped with an error "
                           f"(exit {', '.join(map(str, failed))}); their trials were "
@@ -226,28 +242,31 @@ def join_study(
     heartbeat: int = HEARTBEAT_INTERVAL,
     wait: float = WAIT_FOR_STUDY,
     console: Any = None,
+    gpus: str | Sequence[int] | None = None,
 ) -> list[int]:
     """Work on a study until its queue is empty (what ``gct-ablate worker`` does).
 
     A study that no ``run`` has created yet is waited for, up to ``wait`` seconds, so the
     tasks of a job array may start in any order. ``base`` holds this machine's run options
     (device, threads, data folder). The tracking URI is the one stored with the study
-    (another one is refused). Returns the exit codes of spawned workers that failed.
+    (another one is refused). ``gpus``: as for :func:`run_study`. Returns the exit codes of
+    spawned workers that failed.
     """
     from gct_ablate.runner import run_workers
 
+    base = base or TrialConfig()
+    devices = place(base.device, workers, gpus)
     out = output_dir(out)
     found = wait_for_study(open_storage(storage, out), name, wait, console)
     if tracking_uri is not None:
         check_tracking_uri(found, tracking_uri)
     check_tracking(tracking_uri or found.user_attrs["tracking_uri"])
-    base = base or TrialConfig()
     spec = spec_from_attrs(found.user_attrs, base)
     preflight_data(spec, tracking_uri or found.user_attrs["tracking_uri"])
     opts = WorkerOptions(study_name=name, storage=storage, out_dir=str(out), base=base,
                          tracking_uri=tracking_uri, heartbeat_interval=heartbeat,
                          grace_period=3 * heartbeat)
-    return run_workers(opts, workers, spec.config(()).epochs, console)
+    return run_workers(opts, workers, spec.config(()).epochs, console, devices)
 
 
 def wait_for_study(storage: Any, name: str, wait: float, console: Any = None) -> Any:
@@ -297,10 +316,40 @@ def load_summary(name: str | None = None, *, out: str | Path = DEFAULT_OUT,
 
 def study_progress(name: str, *, out: str | Path = DEFAULT_OUT, storage: str | None = None
                    ) -> dict[str, Any]:
-    """Counts per state (one per cell x seed), the running trials, the failed ones."""
+    """Counts per state (one per cell x seed), the running trials, the failed ones, and the
+    workers that ran trials (:func:`workers_of`)."""
     from gct_ablate.runner import progress
 
     found = load_study(open_storage(storage, Path(out)), name)
     info = progress(found)
-    info["failed"] = [t for t in found.get_trials(deepcopy=False) if t.state.name == "FAIL"]
+    trials = found.get_trials(deepcopy=False)
+    info["failed"] = [t for t in trials if t.state.name == "FAIL"]
+    info["workers"] = workers_of(trials)
     return info
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker process as its trials recorded it."""
+
+    host: str
+    pid: str
+    device: str
+    done: int  # trials it finished (complete or pruned)
+    running: int | None  # the number of the trial it runs now
+
+
+def workers_of(trials: Sequence[Any]) -> list[WorkerInfo]:
+    """Every worker (host, pid) that took a trial, with its device: running ones first."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for t in trials:
+        if "pid" not in t.user_attrs:
+            continue
+        key = (str(t.user_attrs.get("host", "?")), str(t.user_attrs["pid"]))
+        w = seen.setdefault(key, {"device": "?", "done": 0, "running": None})
+        w["device"] = str(t.user_attrs.get("device", w["device"]))
+        w["done"] += t.state.name in ("COMPLETE", "PRUNED")
+        if t.state.name == "RUNNING":
+            w["running"] = t.number
+    workers = [WorkerInfo(host, pid, **w) for (host, pid), w in seen.items()]
+    return sorted(workers, key=lambda w: (w.running is None, w.host, w.pid))

@@ -285,13 +285,14 @@ class Tracker:
     # ------------------------------------------------------------------ trial level
     def start_trial(
         self, experiment_id: str, parent_id: str, *, cell: str, seed: int, trial_number: int,
-        params: dict[str, Any],
+        params: dict[str, Any], tags: dict[str, str] | None = None,
     ) -> str:
         run = self.client.create_run(
             experiment_id,
             run_name=f"{cell or 'single'} seed={seed}",
             tags={PARENT_TAG: parent_id, "cell": cell, "seed": str(seed),
-                  "optuna_trial_number": str(trial_number), "gct_ablate.role": "trial"},
+                  "optuna_trial_number": str(trial_number), "gct_ablate.role": "trial",
+                  **(tags or {})},
         )
         self.log_params(run.info.run_id, params)
         return run.info.run_id

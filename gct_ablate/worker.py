@@ -168,10 +168,13 @@ def run_trial(
     for name, dist in distributions(spec).items():
         trial.suggest_categorical(name, dist.choices)
     cfg = spec.config(cell, seed)
+    device = device_label(cfg.device)
+    trial.set_user_attr("device", device)
     parent = study.user_attrs["mlflow_parent_run_id"]
     run_id = tracker.start_trial(
         study.user_attrs["mlflow_experiment_id"], parent, cell=cell_id(cell), seed=seed,
         trial_number=trial.number, params={**cfg.factor_levels(), "seed": seed},
+        tags={"device": device},
     )
     trial.set_user_attr("mlflow_run_id", run_id)
     if on_event:
@@ -222,6 +225,22 @@ def run_trial(
         return
     tracker.end_trial(run_id, "FINISHED")
     study.tell(trial, metrics[spec.metric])
+
+
+def device_label(name: str) -> str:
+    """The device a trial of ``--device name`` trains on (``cpu``, ``cuda:1``); the name as
+    given when it cannot be used here (the trial then fails with the reason)."""
+    from gct_ablate.train import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except (RuntimeError, ValueError):
+        return name
+    if device.type == "cuda" and device.index is None:
+        import torch
+
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
 
 
 def _fail(study, trial, tracker, run_id, reason: str, mlflow_status: str) -> None:

@@ -32,6 +32,10 @@ TrackingUri = Annotated[str | None, typer.Option(
     "--tracking-uri", help="MLflow tracking URI (e.g. http://host:5000). Default: "
     "$MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db.")]
 Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N.")]
+Gpus = Annotated[str | None, typer.Option(
+    "--gpus", help="GPUs for the workers, e.g. 0,2 (indices among those CUDA_VISIBLE_DEVICES "
+    "shows); workers are placed round-robin, several per GPU when there are more workers. "
+    "Default: every visible GPU (none: the CPU).")]
 Threads = Annotated[int | None, typer.Option(
     min=1, help="torch threads per worker (default: cores / workers).")]
 DataDir = Annotated[str | None, typer.Option(

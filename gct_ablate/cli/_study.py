@@ -18,6 +18,7 @@ from gct_ablate.cli._options import (
     Device,
     Download,
     Fmt,
+    Gpus,
     Heartbeat,
     Out,
     Storage,
@@ -85,6 +86,7 @@ def run(
         "--save-models/--no-save-models",
         help="Log trained weights to MLflow (default: on below 5 M parameters).")] = None,
     device: Device = "auto",
+    gpus: Gpus = None,
     threads: Threads = None,
     data_dir: DataDir = None,
     download: Download = False,
@@ -117,7 +119,7 @@ def run(
                            on_plan=lambda plan: plans.append(_print_plan(plan)),
                            on_look=_print_look,
                            limits=None if yes else CostLimits(ask_above_trials, ask_above_hours),
-                           confirm=_confirm_cost)
+                           confirm=_confirm_cost, gpus=gpus)
     except (KeyboardInterrupt, Interrupted):
         err_console.print("[yellow]Interrupted.[/] Running trials were re-queued; run the "
                           "same command again to resume.")
@@ -157,7 +159,8 @@ def _confirm_cost(estimate: Any) -> bool:
 def _print_plan(plan: Any) -> Any:
     console.print(
         f"[bold]{plan.name}[/]: {plan.cells} cells x {plan.seeds} seeds = {plan.total} trials "
-        f"({plan.done} done, {plan.enqueued} queued now), {plan.workers} worker(s)\n"
+        f"({plan.done} done, {plan.enqueued} queued now), {plan.workers} worker(s)"
+        f"{_placement(plan.devices)}\n"
         f"  Optuna storage: {plan.storage}\n  MLflow tracking: {mask_url(plan.tracking_uri)}")
     if plan.estimate is not None and plan.estimate.trials:
         console.print(f"  Estimate: {plan.estimate.line()}", highlight=False, soft_wrap=True)
@@ -165,6 +168,14 @@ def _print_plan(plan: Any) -> Any:
         console.print(f"[yellow]{plan.failed_left} failed trial(s) left as they are; "
                       "pass --retry-failed to run them again[/]")
     return plan
+
+
+def _placement(devices: tuple[str, ...]) -> str:
+    """' on cuda:0 (2), cuda:1 (1)': how many workers each device runs."""
+    if set(devices) <= {"auto"}:  # no GPU: the device each trial resolves to is recorded
+        return ""
+    counts = {d: devices.count(d) for d in dict.fromkeys(devices)}
+    return " on " + ", ".join(f"{d} ({n})" if len(counts) > 1 else d for d, n in counts.items())
 
 
 def _print_look(result: Any, queued: int) -> None:
@@ -212,6 +223,7 @@ def worker(
     out: Out = DEFAULT_OUT,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
     device: Device = "auto",
+    gpus: Gpus = None,
     threads: Threads = None,
     data_dir: DataDir = None,
     download: Download = False,
@@ -231,7 +243,7 @@ def worker(
     try:
         failed = join_study(study, out=out, storage=storage, tracking_uri=tracking_uri,
                             workers=workers, base=base, heartbeat=heartbeat, wait=wait,
-                            console=console)
+                            console=console, gpus=gpus)
     except (KeyboardInterrupt, Interrupted):
         err_console.print("[yellow]Interrupted.[/] The running trial was re-queued.")
         raise typer.Exit(130) from None
@@ -248,7 +260,8 @@ def status(
     storage: Storage = None,
     out: Out = DEFAULT_OUT,
 ) -> None:
-    """Progress of a (distributed) study: cells done/running/failed/waiting, per worker host."""
+    """Progress of a (distributed) study: cells done/running/failed/waiting, and each worker
+    (host, process, device)."""
     from rich.table import Table
 
     from gct_ablate.study import study_progress
@@ -264,19 +277,38 @@ def status(
         hosts.setdefault(str(t.user_attrs.get("host", "?")), []).append(t)
     if hosts:
         table = Table(title="running now")
-        for col in ("host", "pid", "trial", "cell", "seed", "epoch", "started"):
+        for col in ("host", "pid", "device", "trial", "cell", "seed", "epoch", "started"):
             table.add_column(col)
         for host, trials in sorted(hosts.items()):
             for t in trials:
-                table.add_row(host, str(t.user_attrs.get("pid", "?")), str(t.number),
+                table.add_row(host, str(t.user_attrs.get("pid", "?")),
+                              str(t.user_attrs.get("device", "?")), str(t.number),
                               t.user_attrs["cell"] or "-", str(t.user_attrs["seed"]),
                               str(len(t.intermediate_values)),
                               t.datetime_start.strftime("%H:%M:%S") if t.datetime_start else "")
         console.print(table)
+    _print_workers(info["workers"])
     for t in info["failed"][-5:]:
         console.print(f"[red]failed[/] trial {t.number} ({t.user_attrs.get('cell', '-')}, "
                       f"seed {t.user_attrs.get('seed', '-')}): "
                       f"{t.user_attrs.get('status_reason', 'unknown')}", highlight=False)
+
+
+def _print_workers(workers: list[Any], shown: int = 16) -> None:
+    """The workers that took trials: host, pid, device, trials finished, trial now."""
+    from rich.table import Table
+
+    if not workers:
+        return
+    table = Table(title="workers")
+    for col in ("host", "pid", "device", "finished", "running"):
+        table.add_column(col)
+    for w in workers[:shown]:
+        table.add_row(w.host, w.pid, w.device, str(w.done),
+                      "-" if w.running is None else f"trial {w.running}")
+    console.print(table)
+    if len(workers) > shown:
+        console.print(f"... and {len(workers) - shown} more worker(s)")
 
 
 @app.command()
