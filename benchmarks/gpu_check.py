@@ -242,6 +242,8 @@ def device_name(device: torch.device) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = arg_parser(__doc__.splitlines()[0], rounds=REAL.rounds)
     parser.set_defaults(threads=None, rounds=None)
+    parser._option_string_actions["--threads"].help = (
+        "torch CPU threads of the timing process (default 4; 1 with --dry-run)")
     parser.add_argument("--dry-run", action="store_true",
                         help="the whole logic on the CPU with tiny sizes (no verdict)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_malloc()
     # one thread on the CPU (thread CPU time); on CUDA several, so that rounds are timed by
     # wall clock (benchmarks._util.clock), which is what a GPU step costs
-    set_threads(args.threads or (1 if args.dry_run else 4))
+    set_threads(args.threads[0] if args.threads else (1 if args.dry_run else 4))
     rep = Report()
     rep.data["meta"] = {"device": device_name(device), "torch": torch.__version__,
                         "cuda": torch.version.cuda, "dry_run": args.dry_run,

@@ -127,6 +127,7 @@ def measure(steps: dict[str, Callable[[], float]], threads: int, rounds: int, la
     for name in ("gct-torch", "gct-recompute", "reference", "se", "floor"):
         print(f"{name + ' / plain:':22s}{ratio(t, name, 'plain').text()}")
     print(f"gct-torch / GCT:      {ratio(t, 'gct-torch', 'gct').text()}   (> 1: the kernel helps)")
+    print(f"GCT / floor:          {ratio(t, 'gct', 'floor').text()}   (1: as cheap as any gate)")
     if compiled:
         print(f"plain+compile / plain: {ratio(t, 'plain+compile', 'plain').text()}")
         print(f"gct+compile / gct:     {ratio(t, 'gct+compile', 'gct').text()}")

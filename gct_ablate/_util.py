@@ -17,6 +17,30 @@ DEFAULT_OUT = Path("gct-ablate-runs")  # the local stores when no --out is given
 _PASSWORD = re.compile(r"(://[^:/@]+:)([^@]*)(@)")
 
 
+def cache_dir() -> Path:
+    """Where built and computed things are kept between processes: ``$GCT_ABLATE_CACHE``,
+    else ``$XDG_CACHE_HOME/gct_ablate`` (default ``~/.cache/gct_ablate``)."""
+    base = os.environ.get("GCT_ABLATE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gct_ablate")
+    return Path(base)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: processes writing
+    at once leave one whole file; nothing half-written is ever read."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def mask_url(url: str) -> str:
     """'postgresql://u:secret@h/db' -> 'postgresql://u:***@h/db'."""
     return _PASSWORD.sub(r"\1***\3", url)

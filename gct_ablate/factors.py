@@ -224,7 +224,7 @@ FACTORS: dict[str, Factor] = {
         _f("image_size", _size("image_size", "auto"), ("auto",), "auto",
            "image side in pixels; auto: the dataset's own (imagefolder 64, streamed 224)",
            group="training"),
-        _f("epochs", _number("epochs", int, 1, False), ("10",), "10",
+        _f("epochs", _number("epochs", int, 1, False), ("6",), "6",
            "training epochs", group="training"),
         _f("batch_size", _number("batch_size", int, 1, False), ("64", "128"), "128",
            "mini-batch size", group="training"),

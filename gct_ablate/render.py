@@ -281,14 +281,18 @@ def _render_factors(s: Summary, console: Console) -> None:
                "nothing matters)", "dim")
     lt = Table(title="Levels (mean of the cell means; Δ from the model)", title_justify="left",
                **TABLE_STYLE)
-    for i, name in enumerate(LEVEL_HEADER[:4] + ["mean", "95% CI", "Δ vs ref", "95% CI of Δ"]):
-        lt.add_column(name, justify="left" if i < 2 else "right", no_wrap=True)
+    # below 95 columns the cell count goes (the Cells table has it) so no number is cut
+    keep = [0, 1, 2, 3, 4, 5, 6, 7] if console.width >= 95 else [0, 1, 2, 4, 5, 6, 7]
+    names = LEVEL_HEADER[:4] + ["mean", "95% CI", "Δ vs ref", "95% CI of Δ"]
+    for i in keep:
+        lt.add_column(names[i], justify="left" if i < 2 else "right", no_wrap=True)
     previous = None
     for row in _level_rows(s):
         shown = row[0] if row[0] != previous else ""
         previous = row[0]
-        lt.add_row(shown, Text(row[1], style="bold cyan" if row[1].endswith("(ref)") else ""),
-                   *row[2:])
+        cells = [shown, Text(row[1], style="bold cyan" if row[1].endswith("(ref)") else ""),
+                 *row[2:]]
+        lt.add_row(*(cells[i] for i in keep))
     console.print()
     console.print(lt)
 

@@ -37,7 +37,7 @@ class TrialConfig:
     placement: str = "every-conv"
     model: str = "resnet20"
     dataset: str = "digits"
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 128
     lr: float = 0.1
     weight_decay: float = 5e-4

@@ -2,11 +2,13 @@
 store, no traceback (real journal file, real PostgreSQL, real MLflow SQLite store).
 
 The processes wait at a barrier (tests/barrier_cli.py) after their imports, so that they
-reach their first store access within milliseconds of one another.
+reach their first store access within milliseconds of one another. Each scenario runs
+once; ``GCT_ABLATE_TEST_ROUNDS=N`` repeats each N times (races show up by repetition).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from gct_ablate.storage import open_storage
 BARRIER = Path(__file__).with_name("barrier_cli.py")
 GRID = ["--vary", "p", "--levels", "p=1,2", "--seeds", "2", *TINY, "--workers", "1"]
 EXPECTED = {(f"p={p}", s) for p in ("1", "2") for s in (0, 1)}
-ROUNDS = 2
+ROUNDS = int(os.environ.get("GCT_ABLATE_TEST_ROUNDS", "1"))  # more: GCT_ABLATE_TEST_ROUNDS=5
 pytestmark = pytest.mark.slow
 
 

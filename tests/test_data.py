@@ -44,6 +44,46 @@ def test_digits_shapes_and_normalization(digits: Dataset) -> None:
     assert digits.train_x.std().item() == pytest.approx(1.0, abs=1e-4)
 
 
+def test_digits_are_scikit_learns_without_importing_it() -> None:
+    """The bundled file read directly equals ``load_digits``, and a fresh process that
+    loads digits never imports scikit-learn."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from gct_ablate.data._sources import _digits_arrays
+
+    data, target = _digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(data, bunch.data) and np.array_equal(target, bunch.target)
+    load_dataset("digits")  # the split is kept in the cache folder for later processes
+    code = ("import sys; from gct_ablate.data import load_dataset; load_dataset('digits'); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_kept_split_equals_scikit_learns_and_a_damaged_one_is_remade(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split read back from the cache is the one train_test_split makes; a cache file
+    that is not a valid split is ignored and written anew."""
+    from gct_ablate.data._splits import _sklearn_split, stratified_split
+
+    monkeypatch.setenv("GCT_ABLATE_CACHE", str(tmp_path))
+    labels = [i % 3 for i in range(30)]
+    want = _sklearn_split(labels, 0.2)
+    assert stratified_split(labels, 0.2) == want  # computed, then kept
+    (kept,) = (tmp_path / "splits").iterdir()
+    assert stratified_split(labels, 0.2) == want  # read back
+    for damage in ("[1, 1, 2]", "[99]", "{", '"x"'):
+        kept.write_text(damage)
+        assert stratified_split(labels, 0.2) == want
+    assert stratified_split(labels, 0.5) != want  # another fraction, another file
+    assert len(list((tmp_path / "splits").iterdir())) == 2
+
+
 def test_digits_split_is_stratified(digits: Dataset) -> None:
     train = torch.bincount(digits.train_y, minlength=10).float()
     val = torch.bincount(digits.val_y, minlength=10).float()

@@ -358,6 +358,18 @@ def test_markdown_and_table_rows() -> None:
     assert "0.8000 ± 0.0100" in loss
 
 
+@pytest.mark.parametrize("width", [80, 100, 250])
+def test_tables_cut_no_number_at_common_widths(width: int) -> None:
+    """At 80 columns (a pipe's default) and wider, every number of the cell, factor and
+    level tables is printed whole: columns go before values are cut."""
+    console = Console(record=True, width=width)
+    render(summary(), "table", console)
+    text = console.export_text()
+    assert "…" not in text
+    for line in text.splitlines():
+        assert len(line.rstrip()) <= width
+
+
 @pytest.mark.parametrize("fmt, check", [
     ("json", json.loads),
     ("csv", lambda t: list(csv.reader(io.StringIO(t)))),

@@ -49,7 +49,7 @@ def test_gct_implementation_is_reported():
 
 
 def test_default_configuration_learns_digits():
-    """The `gct-ablate train` default (GCT ResNet-20, 10 epochs) reaches >= 95 %."""
+    """The `gct-ablate train` default (GCT ResNet-20, 6 epochs) reaches >= 95 %."""
     m = train_eval(TrialConfig(threads=2))
     assert m["val_top1"] >= 0.95, m
 

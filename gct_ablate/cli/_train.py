@@ -60,7 +60,7 @@ def train(
     model: Annotated[str, factor_option("model")] = "resnet20",
     dataset: Annotated[str, factor_option("dataset")] = "digits",
     epochs: Annotated[int | None, typer.Option(
-        min=1, help="Training epochs (default 10; with --stages, their sum).")] = None,
+        min=1, help="Training epochs (default 6; with --stages, their sum).")] = None,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak SGD learning rate (nesterov, momentum 0.9).")]
     = 0.1,
@@ -133,7 +133,7 @@ def train(
     cfg = TrialConfig(
         attention=attention, p=p, norm=norm, activation=activation, remove=remove, init=init,
         alpha_init=alpha_init, after_relu=after_relu, placement=placement, model=model,
-        dataset=dataset, epochs=10 if epochs is None else epochs, batch_size=batch_size, lr=lr,
+        dataset=dataset, epochs=6 if epochs is None else epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, beta_decay=beta_decay, schedule=schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, training=training,
         init_from=init_from or "none", gct_epochs=gct_epochs, gct_lr=gct_lr, seed=seed,

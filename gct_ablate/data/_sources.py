@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import pickle
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,29 @@ def normalize(train: Tensor, val: Tensor, mean: Tensor, std: Tensor) -> tuple[Te
     return (train - mean).div_(std), (val - mean).div_(std)  # one temporary each, not two
 
 
-def digits(val_fraction: float) -> Dataset:
+def _digits_arrays() -> tuple[Any, Any]:
+    """scikit-learn's bundled digits (1797 images of 8x8, 64 grey levels in 0..16, and
+    labels), read from the package's own ``digits.csv.gz`` without importing scikit-learn
+    (its import costs every worker process more than a second); ``load_digits`` when that
+    file is not where it has always been."""
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+            if table.shape == (1797, 65):
+                return table[:, :-1], table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = torch.tensor(bunch.data, dtype=torch.float32).view(-1, 1, 8, 8)
-    y = torch.tensor(bunch.target, dtype=torch.int64)
+    return bunch.data, bunch.target
+
+
+def digits(val_fraction: float) -> Dataset:
+    data, target = _digits_arrays()
+    x = torch.tensor(data, dtype=torch.float32).view(-1, 1, 8, 8)
+    y = torch.tensor(target, dtype=torch.int64)
     train, val = stratified_split(y.tolist(), val_fraction)
     tx, vx = x[train], x[val]
     tx, vx = normalize(tx, vx, tx.mean().view(1), tx.std().view(1))

@@ -37,6 +37,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from gct_ablate._util import cache_dir
 from gct_ablate.gct._config import ACTIVATIONS, NORMS, GCTConfig
 from gct_ablate.gct._reference import gct_reference
 
@@ -67,12 +68,6 @@ class _Status(NamedTuple):
     text: str
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("GCT_ABLATE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gct_ablate")
-    return Path(base)
-
-
 def _cpu_id() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -87,7 +82,7 @@ def _build(compiler: str, openmp: bool = True) -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join((compiler, *flags, *LIBS)).encode(),
                                      _cpu_id().encode()])).hexdigest()[:16]
-    target = _cache_dir() / f"gct_kernel-{key}.so"
+    target = cache_dir() / f"gct_kernel-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
