@@ -90,6 +90,22 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage)]
 
 
+def open_named_study(out: str | Path, storage: str | None, name: str | None
+                     ) -> tuple[optuna.storages.BaseStorage, str]:
+    """The opened storage of ``out`` (or ``storage``) and the study to read: ``name``, or
+    the only study there when it is None; one-line errors for no storage or no single study."""
+    out = Path(out)
+    if storage is None and not (out / JOURNAL_NAME).exists():
+        raise UsageError(f"no study storage in {out}; pass --out DIR or --storage URL")
+    opened = open_storage(storage, out)
+    if name is None:
+        names = study_names(opened)
+        if len(names) != 1:
+            raise UsageError(f"name a study; this storage has: {', '.join(names) or 'none'}")
+        name = names[0]
+    return opened, name
+
+
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage)

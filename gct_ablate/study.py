@@ -300,17 +300,9 @@ def load_summary(name: str | None = None, *, out: str | Path = DEFAULT_OUT,
     """The summary of a stored study, from the storage alone (``name`` may be omitted when
     the storage holds one study). ``margin`` (points of the metric) overrides the stored one
     for this analysis only."""
-    from gct_ablate.storage import JOURNAL_NAME, study_names
+    from gct_ablate.storage import open_named_study
 
-    out = Path(out)
-    if storage is None and not (out / JOURNAL_NAME).exists():
-        raise UsageError(f"no study storage in {out}; pass --out DIR or --storage URL")
-    opened = open_storage(storage, out)
-    if name is None:
-        names = study_names(opened)
-        if len(names) != 1:
-            raise UsageError(f"name a study; this storage has: {', '.join(names) or 'none'}")
-        name = names[0]
+    opened, name = open_named_study(out, storage, name)
     return summarize(load_results(opened, name), margin=margin)
 
 

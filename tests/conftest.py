@@ -73,6 +73,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test: the machine is shared, and oversubscribed threads
+    crawl (``pytestmark = pytest.mark.usefixtures("one_torch_thread")`` in a module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def pg_url() -> Iterator[str]:
     """URL of a fresh database gct_test_<random>, dropped after the test."""
     import psycopg2

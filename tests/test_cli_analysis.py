@@ -16,16 +16,11 @@ from gct_ablate.cli import app
 from gct_ablate.data import load_dataset
 from gct_ablate.train import evaluate
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the machine is shared, and oversubscribed threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -27,17 +27,12 @@ from gct_ablate.models import attention_modules, backbone_keys, build_model
 from gct_ablate.spec import StudySpec, TrialConfig
 from gct_ablate.train import evaluate, train_eval
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 runner = CliRunner()
 PLAIN = TrialConfig(attention="none", epochs=1, threads=1, device="cpu", seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the machine is shared, and oversubscribed threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,8 @@ from gct_ablate.data import Dataset
 from gct_ablate.gct import GCT
 from gct_ablate.models import build_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the machine is shared, and oversubscribed threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _data(n: int = 40, channels: int = 1, size: int = 8, seed: int = 0) -> Dataset:

@@ -24,16 +24,11 @@ from gct_ablate.models import build_model
 from gct_ablate.spec import TrialConfig
 from gct_ablate.train import evaluate, train_eval
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CFG = TrialConfig(epochs=3, batch_size=64, lr=0.05, seed=0, threads=1, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the machine is shared, and oversubscribed threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

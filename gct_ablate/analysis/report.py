@@ -248,18 +248,11 @@ def write_report(study: str | None = None, *, out: str | Path = DEFAULT_OUT,
     one) to ``output`` (default ``OUT/STUDY-report.html``) with its Markdown twin beside it.
     ``margin``: points of the metric (default the study's). ``log``: also log it on the
     study's MLflow parent run."""
-    from gct_ablate.storage import JOURNAL_NAME, open_storage, study_names
+    from gct_ablate.storage import open_named_study
     from gct_ablate.summary import load_results
 
     out = Path(out)
-    if storage is None and not (out / JOURNAL_NAME).exists():
-        raise UsageError(f"no study storage in {out}; pass --out DIR or --storage URL")
-    opened = open_storage(storage, out)
-    if study is None:
-        names = study_names(opened)
-        if len(names) != 1:
-            raise UsageError(f"name a study; this storage has: {', '.join(names) or 'none'}")
-        study = names[0]
+    opened, study = open_named_study(out, storage, study)
     results = load_results(opened, study)
     parent = results.tracking.get("mlflow_parent_run_id")
     if log and not (parent and results.tracking.get("tracking_uri")):

@@ -676,12 +676,8 @@ static int run_rows(const Job *job, int backward, float *pgrad) {
         jobs[i].coef = (float *)(scratch + i * per + 8 * C);
         jobs[i].tile = jobs[i].coef + C;
     }
-    if (threads > 1) {
-        #pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t i = 0; i < n; i++) run_share(&jobs[i], backward);
-    } else {
-        for (int64_t i = 0; i < n; i++) run_share(&jobs[i], backward);
-    }
+    #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+    for (int64_t i = 0; i < n; i++) run_share(&jobs[i], backward);
     if (backward) {
         for (int64_t c = 0; c < 3 * C; c++) {
             double acc = 0.0;
