@@ -75,8 +75,10 @@ def _scale(x: Tensor, gate: Tensor) -> Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _zeros_ones(n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Read-only (n,) zeros and ones: the batch-norm kernel's mean 0 and variance 1."""
-    return torch.zeros(n, dtype=dtype), torch.ones(n, dtype=dtype)
+    """Read-only (n,) zeros and ones: the batch-norm kernel's mean 0 and variance 1 (normal
+    tensors, not inference tensors, whichever mode the first caller was in)."""
+    with torch.inference_mode(False):
+        return torch.zeros(n, dtype=dtype), torch.ones(n, dtype=dtype)
 
 
 def _dot_and_scale(dy: Tensor, x: Tensor, gate: Tensor, scale: bool = True

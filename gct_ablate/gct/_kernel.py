@@ -218,15 +218,16 @@ def _given_embedding(x: Tensor, cfg: GCTConfig) -> Tensor:
 
 
 def forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, cfg: GCTConfig,
-            write_y: bool = True, lib: ctypes.CDLL | None = None
+            write_y: bool = True, lib: ctypes.CDLL | None = None, plan: _Plan | None = None
             ) -> tuple[Tensor | None, Tensor, Tensor | None]:
     """(y or None, stats, argmax indices for p = inf or None).
 
     ``stats`` is (3, B, C): the embedding E, the gate and its derivative; idx is (B, C).
     Called once per GCT per step: kept lean (a cached plan, no per-call tuple building).
     """
-    plan = _plan(x.shape, not x.is_contiguous(), cfg, torch.get_num_threads(), alpha.shape)
-    stats = torch.empty(*plan.stats)  # (varargs: cheaper than a tuple)
+    plan = plan or _plan(x.shape, not x.is_contiguous(), cfg, torch.get_num_threads(),
+                         alpha.shape)
+    stats = torch.empty(*plan.stats, dtype=torch.float32)  # whatever the default dtype
     if plan.given:
         stats[0] = _given_embedding(x, cfg)
     idx = torch.empty(plan.stats[1:], dtype=torch.int64) if plan.inf else None
@@ -241,9 +242,11 @@ def forward(x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, cfg: GCTConfi
 
 def backward(dy: Tensor, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, stats: Tensor,
              idx: Tensor | None, cfg: GCTConfig, need_dx: bool = True,
-             lib: ctypes.CDLL | None = None) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+             lib: ctypes.CDLL | None = None, plan: _Plan | None = None
+             ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
     """(dx or None, dalpha, dgamma, dbeta), the parameter gradients shaped like alpha."""
-    plan = _plan(x.shape, not x.is_contiguous(), cfg, torch.get_num_threads(), alpha.shape)
+    plan = plan or _plan(x.shape, not x.is_contiguous(), cfg, torch.get_num_threads(),
+                         alpha.shape)
     if dy.dtype != torch.float32:
         dy = dy.float()
     if dy.stride() != x.stride():  # the kernel reads both in the layout of x
@@ -252,7 +255,7 @@ def backward(dy: Tensor, x: Tensor, alpha: Tensor, gamma: Tensor, beta: Tensor, 
     if plan.given and need_dx:
         h = torch.copysign(x.abs().pow_(cfg.p - 1.0), x)
     dx = torch.empty_like(x) if need_dx else None
-    pgrad = torch.empty(*plan.pgrad)
+    pgrad = torch.empty(*plan.pgrad, dtype=torch.float32)
     if (lib or library()).gct_backward(plan.cfg, dy.data_ptr(), x.data_ptr(),
                               None if h is None else h.data_ptr(), alpha.data_ptr(),
                               gamma.data_ptr(), beta.data_ptr(), stats.data_ptr(),
@@ -282,11 +285,13 @@ def _check_case(lib: ctypes.CDLL, cfg: GCTConfig, channels_last: bool, seed: int
                    after_relu=cfg.after_relu, eps=cfg.eps)
     y64 = gct_reference(*leaves, **options)
     truth = [y64, *torch.autograd.grad(y64, leaves, dy64)]
-    plan = _plan(x32.shape, channels_last, cfg, torch.get_num_threads(), p32[0].shape)
-    plan.cfg.rows = 2  # three shares: the split and the sum over shares are exercised
-    y, stats, idx = forward(x32, *p32, cfg, lib=lib)
-    grads = backward(dy64.float(), x32, *p32, stats, idx, cfg, lib=lib)
-    _plan.cache_clear()  # the real plans of this shape cut rows by SHARE_ELEMENTS
+    # A plan of its own (the cached ones stay untouched), with three shares: the split and
+    # the sum over shares are exercised.
+    plan = _plan.__wrapped__(x32.shape, channels_last, cfg, torch.get_num_threads(),
+                             p32[0].shape)
+    plan.cfg.rows = 2
+    y, stats, idx = forward(x32, *p32, cfg, lib=lib, plan=plan)
+    grads = backward(dy64.float(), x32, *p32, stats, idx, cfg, lib=lib, plan=plan)
     for name, got, want in zip(("y", "dx", "dalpha", "dgamma", "dbeta"), (y, *grads), truth,
                                strict=True):
         err = (got.double() - want).abs().max().item() / (want.abs().max().item() + 1.0)
@@ -297,10 +302,17 @@ def _check_case(lib: ctypes.CDLL, cfg: GCTConfig, channels_last: bool, seed: int
 
 def self_check(lib: ctypes.CDLL) -> str | None:
     """None when the kernel agrees with the float64 formula on every p mode, norm and
-    activation (forward and backward, both layouts), else what disagreed."""
-    for i, p in enumerate(SELF_CHECK_PS):
-        cfg = GCTConfig(p, NORMS[i % len(NORMS)], ACTIVATIONS[i % len(ACTIVATIONS)],
-                        after_relu=p == 1.0, eps=1e-5)
-        if failure := _check_case(lib, cfg, channels_last=bool(i % 2), seed=i):
-            return failure
+    activation (forward and backward, both layouts), else what disagreed.
+
+    Whatever state the caller is in (the first GCT call of a process may come under
+    ``no_grad``, ``inference_mode`` or autocast, with any thread count or default dtype),
+    the check runs with autograd on, autocast off and explicit dtypes, so its outcome is
+    the same for every caller.
+    """
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        for i, p in enumerate(SELF_CHECK_PS):
+            cfg = GCTConfig(p, NORMS[i % len(NORMS)], ACTIVATIONS[i % len(ACTIVATIONS)],
+                            after_relu=p == 1.0, eps=1e-5)
+            if failure := _check_case(lib, cfg, channels_last=bool(i % 2), seed=i):
+                return failure
     return None
