@@ -68,7 +68,10 @@ def test_forest_plot_rows_cis_margin_band_and_verdicts_beside_it() -> None:
     assert _texts_outside_right(ax) == ["reference"] + [s.verdict_text(c) for c in others]
     cis = sorted(tuple(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) == 2
                  and line.get_linestyle() == "-" and line.get_ydata()[0] > 0)
-    assert cis == pytest.approx(sorted((100 * c.ci[0], 100 * c.ci[1]) for c in others))
+    want = sorted((100 * c.ci[0], 100 * c.ci[1]) for c in others)
+    assert len(cis) == len(want)
+    for got, expected in zip(cis, want, strict=True):  # approx takes no nested sequences
+        assert got == pytest.approx(expected)
     band = [p for p in ax.patches if p.get_alpha() and p.get_alpha() < 0.5]
     assert len(band) == 1
     box = band[0].get_bbox()

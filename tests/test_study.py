@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import wait_for
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from rich.console import Console
@@ -62,17 +63,33 @@ def test_grid_is_enqueued_once_and_a_different_grid_is_refused(tmp_path):
     assert MlflowClient(default_tracking_uri(tmp_path)).get_run(attrs["mlflow_parent_run_id"])
 
 
-def test_two_worker_processes_run_every_cell_exactly_once(tmp_path):
+def test_two_worker_processes_run_every_cell_exactly_once(tmp_path, monkeypatch):
     spec = tiny_spec(levels={"p": ("1", "2", "inf")})
     storage, tracker, prepared = setup(tmp_path, spec)
     opts = WorkerOptions(study_name="tiny", storage=None, out_dir=str(tmp_path), base=BASE)
+    started = run_worker
+    spawned: list[int] = []
+
+    def after_the_spawned_worker_took_a_trial(options: WorkerOptions) -> None:
+        """A barrier, not a delay: the warm in-process worker waits until the spawned one
+        runs a trial (it imports torch first, and could otherwise find the queue empty),
+        so both take cells whatever the machine's load."""
+        def other_running() -> list[int]:
+            trials = load_study(open_storage(None, tmp_path), "tiny").trials
+            return [t.user_attrs["pid"] for t in trials
+                    if t.state == TrialState.RUNNING and t.user_attrs.get("pid") != os.getpid()]
+
+        spawned.extend(wait_for(other_running, 240, "the spawned worker's first trial"))
+        started(options)
+
+    monkeypatch.setattr("gct_ablate.runner.run_worker", after_the_spawned_worker_took_a_trial)
     run_workers(opts, 2, 1, Console(quiet=True))
     study = load_study(open_storage(None, tmp_path), "tiny")
     done = completed(study)
     assert sorted(done) == sorted(("p=" + p, s) for p in ("1", "2", "inf") for s in (0, 1))
     assert set(done.values()) == {1}
     pids = {t.user_attrs["pid"] for t in study.trials}
-    assert len(pids) == 2  # both workers took cells
+    assert pids == {os.getpid(), spawned[0]}  # both workers took cells, nobody else did
     client = MlflowClient(default_tracking_uri(tmp_path))
     runs = client.search_runs([study.user_attrs["mlflow_experiment_id"]])
     parent = study.user_attrs["mlflow_parent_run_id"]
