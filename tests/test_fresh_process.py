@@ -95,3 +95,30 @@ def test_first_gct_call_of_a_fresh_process_under_inference_mode(tmp_path: Path,
 def test_first_gct_call_under_autocast_two_threads_and_float64_default(
         tmp_path: Path, built_kernel: Path) -> None:
     _case(tmp_path, built_kernel, "autocast", threads=2, dtype="float64", p="1.5")
+
+
+def test_datasets_first_loaded_under_inference_mode_and_float64_serve_training() -> None:
+    """The per-process dataset caches keep what the first caller got: normal float32
+    tensors, even when that caller was an evaluation under inference_mode with a float64
+    default dtype."""
+    import torch
+
+    from gct_ablate.data import _load, load_dataset
+
+    _load._load.cache_clear()
+    _load._sized.cache_clear()
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        with torch.inference_mode():
+            first = [load_dataset(name, train_size=60, val_size=30) for name in ("digits", "fake")]
+    finally:
+        torch.set_default_dtype(before)
+        _load._load.cache_clear()
+        _load._sized.cache_clear()
+    for data in first:
+        for t in (data.train_x, data.val_x):
+            assert t.dtype == torch.float32 and not t.is_inference(), data.name
+        weight = torch.zeros(data.train_x[0].numel(), requires_grad=True)
+        (data.train_x.flatten(1) @ weight).sum().backward()  # usable by autograd
+        assert weight.grad is not None

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 
 from gct_ablate.data import _sources
@@ -85,10 +86,24 @@ def load_dataset(
                   val_fraction if name == "digits" else 0.0, image_size, train_size, val_size)
 
 
-_imagefolder = functools.lru_cache(maxsize=4)(_sources.imagefolder)
+def _normal_tensors(load: Any) -> Any:
+    """``load`` run outside inference mode: what the caches keep are normal tensors whatever
+    mode the first caller was in (a dataset first loaded under ``inference_mode``, by an
+    evaluation, would otherwise hold inference tensors that later training cannot use)."""
+
+    @functools.wraps(load)
+    def outside_inference_mode(*args: Any) -> Any:
+        with torch.inference_mode(False):
+            return load(*args)
+
+    return outside_inference_mode
+
+
+_imagefolder = functools.lru_cache(maxsize=4)(_normal_tensors(_sources.imagefolder))
 
 
 @functools.lru_cache(maxsize=8)
+@_normal_tensors
 def _sized(name: str, root: Path, download: bool, seed: int, val_fraction: float,
            image_size: int | None, train_size: int | None, val_size: int | None) -> Dataset:
     data = _load(name, root, download, seed, val_fraction, image_size)
@@ -99,6 +114,7 @@ def _sized(name: str, root: Path, download: bool, seed: int, val_fraction: float
 
 
 @functools.lru_cache(maxsize=4)
+@_normal_tensors
 def _load(name: str, root: Path, download: bool, seed: int, val_fraction: float,
           image_size: int | None) -> Dataset:
     if name == "digits":

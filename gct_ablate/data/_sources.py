@@ -163,7 +163,7 @@ def cifar(name: str, root: Path, download: bool) -> Dataset:
         return x.contiguous(), torch.tensor(ds.targets, dtype=torch.int64)
 
     (tx, ty), (vx, vy) = tensors(train), tensors(val)
-    mean, std = (torch.tensor(v) for v in CIFAR_STATS[name])
+    mean, std = (torch.tensor(v, dtype=torch.float32) for v in CIFAR_STATS[name])
     tx, vx = normalize(tx, vx, mean, std)
     return Dataset(name, tx, ty, vx, vy, len(train.classes), 3, 32, "crop-flip", 4, "reflect",
                    tuple(train.classes))
@@ -171,8 +171,9 @@ def cifar(name: str, root: Path, download: bool) -> Dataset:
 
 # ----------------------------------------------------------------------------- fake
 def _stack(ds: Any) -> tuple[Tensor, Tensor]:
+    """(images, labels); images float32 (ToTensor gives the default dtype)."""
     pairs = [ds[i] for i in range(len(ds))]
-    return (torch.stack([p[0] for p in pairs]),
+    return (torch.stack([p[0] for p in pairs]).to(torch.float32),
             torch.tensor([int(p[1]) for p in pairs], dtype=torch.int64))
 
 
@@ -183,7 +184,7 @@ def fake(seed: int) -> Dataset:
     kw = dict(image_size=(3, 32, 32), num_classes=10, transform=transforms.ToTensor())
     tx, ty = _stack(datasets.FakeData(size=512, random_offset=offset, **kw))
     vx, vy = _stack(datasets.FakeData(size=128, random_offset=offset + 512, **kw))
-    half = torch.full((3,), 0.5)
+    half = torch.full((3,), 0.5, dtype=torch.float32)
     tx, vx = normalize(tx, vx, half, half)
     return Dataset("fake", tx, ty, vx, vy, 10, 3, 32, "crop-flip", 4, "reflect",
                    tuple(str(c) for c in range(10)))

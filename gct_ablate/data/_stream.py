@@ -125,8 +125,8 @@ class StreamDataset:
 
     def _normalizer(self) -> tuple[Tensor, Tensor]:
         if "norm" not in self._loaders:
-            mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-            std = torch.tensor(self.std).view(1, -1, 1, 1)
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
             self._loaders["norm"] = ((1 / (255 * std)).to(self.device),
                                      (mean / std).to(self.device))
         return self._loaders["norm"]
