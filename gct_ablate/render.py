@@ -230,7 +230,7 @@ def _render_table(s: Summary, console: Console) -> None:
     _print(console, f"trials: {_counts_line(s)}")
     _print(console, summary_line(s.spec))
     if s.tracking:
-        _print(console, _tracking_line(s))
+        console.print(_tracking_line(s), markup=False, highlight=False, soft_wrap=True)
     wide = console.width >= 130
     # the rest (raw p, equivalence p, seeds needed) is in the other formats
     keep = ([0, 1, 2, 3, 4, 5, 6, 8, 10, 12] if wide else [0, 1, 2, 4, 5, 6, 8, 12]

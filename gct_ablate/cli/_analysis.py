@@ -51,7 +51,7 @@ def gates(
         console.print(gates_table(found.pooled, f"{study}: {label} "
                                   f"({len(found.stats)} seeds pooled)"))
         console.print(f"[bold]{label}[/]: {trend_text(found.trend)}", highlight=False)
-        console.print(found.where, highlight=False)
+        console.print(found.where, highlight=False, soft_wrap=True)  # paths whole
 
 
 @app.command()
@@ -109,7 +109,7 @@ def prune(
         console.print(f"[bold]{c.label or result.name}[/]: {c.removable} of {c.modules} modules "
                       f"can go for less than {tolerance:g} points (order: {order}, mode: "
                       f"{mode})", highlight=False)
-    console.print(result.where, highlight=False)
+    console.print(result.where, highlight=False, soft_wrap=True)  # paths whole
     for e in result.exports:
         console.print(f"exported {e.path} (+ .json): {e.removed} of {e.modules} GCT modules "
                       f"removed ({mode}), {e.params_total:,} parameters (trained: "

@@ -130,7 +130,7 @@ def run(
     ui = ui_command(plans[0].tracking_uri, result.tracking.get("mlflow_experiment_id"))
     console.print(f"\nOpen the runs in MLflow:  [bold]{ui}[/]", soft_wrap=True)
     console.print(f"Summary again later:     gct-ablate summary {spec.study_name}"
-                  + _storage_hint(storage, out))
+                  + _storage_hint(storage, out), highlight=False, soft_wrap=True)
     console.print(f"Report (HTML, Markdown): {out / (spec.study_name + '-report.html')}",
                   highlight=False, soft_wrap=True)
 
@@ -161,12 +161,13 @@ def _print_plan(plan: Any) -> Any:
         f"[bold]{plan.name}[/]: {plan.cells} cells x {plan.seeds} seeds = {plan.total} trials "
         f"({plan.done} done, {plan.enqueued} queued now), {plan.workers} worker(s)"
         f"{_placement(plan.devices)}\n"
-        f"  Optuna storage: {plan.storage}\n  MLflow tracking: {mask_url(plan.tracking_uri)}")
+        f"  Optuna storage: {plan.storage}\n  MLflow tracking: {mask_url(plan.tracking_uri)}",
+        soft_wrap=True)  # stores whole, to copy and paste
     if plan.estimate is not None and plan.estimate.trials:
         console.print(f"  Estimate: {plan.estimate.line()}", highlight=False, soft_wrap=True)
     if plan.failed_left:
         console.print(f"[yellow]{plan.failed_left} failed trial(s) left as they are; "
-                      "pass --retry-failed to run them again[/]")
+                      "pass --retry-failed to run them again[/]", soft_wrap=True)
     return plan
 
 

@@ -191,7 +191,8 @@ def train(
         table.add_row(key, str(value))
     console.print(table)
     if save is not None and metrics["status"] == "ok":
-        console.print(f"saved: {save} (weights), {save}.json (config)", highlight=False)
+        console.print(f"saved: {save} (weights), {save}.json (config)", highlight=False,
+                      soft_wrap=True)
     if metrics["status"] != "ok":
         err_console.print(f"[red]run {metrics['status']}[/]: the loss became NaN/inf")
         raise typer.Exit(1)
