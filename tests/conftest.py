@@ -149,6 +149,13 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+def mlflow_script() -> str:
+    """The ``mlflow`` command of this interpreter's environment (its virtualenv's bin, which
+    need not be on PATH), else the one on PATH."""
+    here = Path(sys.executable).with_name("mlflow")
+    return str(here) if here.exists() else "mlflow"
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An `mlflow server` on a free loopback port with a SQLite backend; its URL."""
@@ -157,7 +164,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     log = open(root / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        ["mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        [mlflow_script(), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
         cwd=root, env=cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY, cli_env, free_port, wait_for
+from conftest import TINY, cli_env, free_port, mlflow_script, wait_for
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -99,7 +99,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-csrf-key"}
     log = open(root / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        ["mlflow", "server", "--app-name", "basic-auth",
+        [mlflow_script(), "server", "--app-name", "basic-auth",
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],

@@ -182,6 +182,7 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again(monkeypatch: pytest.M
 
     ignored: list = []
     monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    before = signal.getsignal(signal.SIGINT)  # (SIG_IGN in a background job)
     with stop_signals(interrupted_by):
         raise_pending()  # nothing pending yet
         thing = Thing()
@@ -197,7 +198,7 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again(monkeypatch: pytest.M
         with pytest.raises(Interrupted):  # still pending for the outer block
             raise_pending()
     raise_pending()  # forgotten once the outermost block ends
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler, restored
 
 
 def test_an_orphan_mlflow_run_is_closed_on_resume_and_the_rerun_gets_its_own(tmp_path):
