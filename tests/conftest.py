@@ -84,6 +84,29 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def vary_p_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Output folder of one finished study 'vary-p' (p = 1, 2; 2 seeds; 2 epochs on digits;
+    weights saved), trained once per session and shared by the files that read a real
+    study (report, gates, pruning). Tests add to it (figures, reports) but never remove."""
+    import torch
+    from typer.testing import CliRunner
+
+    from gct_ablate.cli import app
+
+    before = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("vary-p")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store in OUT
+        result = CliRunner().invoke(app, [
+            "run", "--vary", "p", "--levels", "p=1,2", "--seeds", "2", "--set", "epochs=2",
+            "--out", str(out), "--workers", "1", "--threads", "1", "--device", "cpu"])
+    torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert f"Report (HTML, Markdown): {out / 'vary-p-report.html'}" in result.output
+    return out
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """URL of a fresh database gct_test_<random>, dropped after the test."""

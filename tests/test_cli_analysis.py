@@ -24,19 +24,11 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """Output folder of a finished study 'vary-p' (p = 1, 2; 2 seeds; 2 epochs on digits)."""
-    before = torch.get_num_threads()
-    out = tmp_path_factory.mktemp("runs")
+def study(vary_p_study):
+    """The session's finished study 'vary-p' (conftest), its store in OUT for every test."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store in OUT, for every test
-        result = runner.invoke(app, [
-            "run", "--vary", "p", "--levels", "p=1,2", "--seeds", "2", "--set",
-            "epochs=2,batch_size=128", "--out", str(out), "--workers", "1", "--threads", "1",
-            "--device", "cpu"])
-        assert result.exit_code == 0, result.output
-        yield out
-    torch.set_num_threads(before)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield vary_p_study
 
 
 def _artifacts(uri: str, run_id: str, folder: str) -> set[str]:

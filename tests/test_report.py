@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-import torch
 from conftest import assert_no_legend_over_data
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
@@ -140,20 +139,11 @@ def test_a_single_cell_or_an_all_failed_study_still_gets_a_report(tmp_path) -> N
 
 # ----------------------------------------------------------------------------- a real study
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """Output folder of a finished study 'vary-p' (p = 1, 2; 2 seeds; 2 epochs on digits)."""
-    before = torch.get_num_threads()
-    out = tmp_path_factory.mktemp("runs")
+def study(vary_p_study):
+    """The session's finished study 'vary-p' (conftest), its store in OUT for every test."""
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        result = runner.invoke(app, [
-            "run", "--vary", "p", "--levels", "p=1,2", "--seeds", "2", "--set", "epochs=2",
-            "--out", str(out), "--workers", "1", "--threads", "1", "--device", "cpu",
-            "--no-save-models"])
-        assert result.exit_code == 0, result.output
-        assert f"Report (HTML, Markdown): {out / 'vary-p-report.html'}" in result.output
-        yield out
-    torch.set_num_threads(before)
+        yield vary_p_study
 
 
 class _Page(HTMLParser):
@@ -243,7 +233,7 @@ def test_the_experiment_is_tagged_as_model_development_also_on_resume(study) -> 
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         again = runner.invoke(app, ["run", "--vary", "p", "--levels", "p=1,2", "--seeds", "2",
                                     "--set", "epochs=2", "--out", str(study), "--workers", "1",
-                                    "--threads", "1", "--device", "cpu", "--no-save-models"])
+                                    "--threads", "1", "--device", "cpu"])
     assert again.exit_code == 0, again.output
     assert client.get_experiment(experiment).tags[key] == value
     assert report.stat().st_mtime_ns > before  # the resumed run wrote its report again
@@ -267,7 +257,7 @@ def test_report_command_output_margin_and_a_logged_prune_figure(study, tmp_path)
     client = MlflowClient(results.tracking["tracking_uri"])
     fig = Figure(figsize=(3, 2))
     fig.subplots().plot([0, 50, 100], [98, 97, 60])
-    client.log_figure(results.tracking["mlflow_parent_run_id"], fig, "prune/gate.png")
+    client.log_figure(results.tracking["mlflow_parent_run_id"], fig, "prune/by-hand.png")
     target = tmp_path / "deep" / "r.html"
     result = runner.invoke(app, ["report", "vary-p", "--out", str(study), "-o", str(target),
                                  "--margin", "20"])
@@ -275,9 +265,9 @@ def test_report_command_output_margin_and_a_logged_prune_figure(study, tmp_path)
     assert f"report: {target}" in result.output
     assert (tmp_path / "deep" / "r.md").exists() and (tmp_path / "deep" / "r_files").is_dir()
     page = _page(target)
-    assert "fig-prune-gate" in [a.get("id") for t, a in page.tags if t == "figure"]
+    assert "fig-prune-by-hand" in [a.get("id") for t, a in page.tags if t == "figure"]
     assert "±20.0 points" in " ".join(page.text)
-    assert (tmp_path / "deep" / "r_files" / "prune-gate.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "deep" / "r_files" / "prune-by-hand.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_log_replaces_the_report_on_the_parent_run(study, tmp_path) -> None:
