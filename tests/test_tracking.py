@@ -10,10 +10,27 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_cli, wait_for
+from conftest import TINY, wait_for
+from conftest import run_cli as run_process
+from typer.testing import CliRunner
 
+from gct_ablate.cli import app
 from gct_ablate.errors import UsageError
 from gct_ablate.tracking import Tracker, check_tracking, prepare_local_store
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The command line in this process (what is checked is its refusal, not a process
+    boundary): exit code, stdout and stderr as a finished process would give them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.chdir(cwd)
+        result = CliRunner().invoke(app, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a traceback: the test fails with it
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def test_a_new_local_store_is_created_whole_and_reused(tmp_path: Path) -> None:
@@ -73,7 +90,7 @@ def test_a_study_whose_parent_run_is_gone_is_refused_at_start(tmp_path: Path) ->
             str(tmp_path), "--study", "gone"]
     assert run_cli(args, tmp_path).returncode == 0
     (tmp_path / "mlflow.db").unlink()  # the tracking store deleted, the journal kept
-    again = run_cli([*args, "--seeds", "2"], tmp_path)
+    again = run_process([*args, "--seeds", "2"], tmp_path)  # a new process: no engine cached
     assert again.returncode == 2, again.stderr
     assert "parent run" in again.stderr and len(again.stderr.strip().splitlines()) == 1
 
