@@ -114,7 +114,10 @@ def _two_levels(factor: str, levels: list[str] | None) -> str:
 
 
 def _study_file(args: list[str]) -> dict:
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     path = next((a for a in args[1:] if a.endswith(".toml")), None)
     return tomllib.loads((ROOT / path).read_text(encoding="utf-8")) if path else {}
