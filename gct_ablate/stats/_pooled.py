@@ -135,7 +135,7 @@ def block_comparisons(values: Mapping[str, Mapping[SeedKey, float]], reference: 
     order = [reference, *members]
     y = np.array([[values[c][s] for s in seeds] for c in order], dtype=float)[None]
     fit = fit_blocks(y, screen)
-    if not fit.pooled[0] or not fit.sd[0] > 0:
+    if not fit.pooled[0] or not fit.sd[0] > 1e-9 * (1 + np.abs(y).max()):  # sd 0 but rounding
         return {}, None
     p, p_eq, lo, hi = pooled_tests(fit, margin, confidence)
     n = len(seeds)
