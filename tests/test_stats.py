@@ -7,13 +7,13 @@ import json
 import math
 
 import numpy as np
-import scipy.stats as st
 import pandas as pd
 import pytest
+import scipy.stats as st
 from statsmodels.formula.api import ols
 from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestIndPower, TTestPower
+from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttost_ind, ttost_paired
 
 from gct_ablate import stats

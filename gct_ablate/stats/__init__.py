@@ -2,8 +2,9 @@
 
 - each cell against the reference: the pooled t of the block model when cells share the
   reference's seeds, else paired t by seed or Welch (``compare``), exact tests where the
-  differences do not vary, Holm-adjusted with simultaneous intervals, with a TOST equivalence test within +-margin, the minimum
-  detectable difference and the seeds needed (``decide_family``);
+  differences do not vary, Holm-adjusted with simultaneous intervals, with a TOST
+  equivalence test within +-margin, the minimum detectable difference and the seeds
+  needed (``decide_family``);
 - the factorial analysis: ``ols`` of the metric on the factors and the seed block, type-II
   ANOVA (``factorial_anova``);
 - adaptive seeds: planned looks with alpha spent over them (``Schedule``, ``replay``,
@@ -78,7 +79,8 @@ from gct_ablate.stats._summary import conclusion, decide_study, study_values, su
 __all__ = [
     "ALPHA", "BETTER", "CONFIDENCE", "DECIDED", "DEFAULT_MARGIN_POINTS", "EQUIVALENT",
     "FACTOR_VERDICTS", "INCONCLUSIVE", "METHODS", "NEGLIGIBLE", "NO_TEST", "PAIRED",
-    "PERCENT_METRICS", "PERMUTATION", "POOLED", "SIGN", "POWER", "REFERENCE", "SIGNIFICANT", "TOO_FEW", "VERDICTS", "WELCH",
+    "PERCENT_METRICS", "PERMUTATION", "POOLED", "SIGN", "POWER", "REFERENCE", "SIGNIFICANT",
+    "TOO_FEW", "VERDICTS", "WELCH",
     "WORSE", "AnovaTerm", "CellStats", "Comparison", "Decision", "Describe", "FactorStats",
     "FactorialAnova", "LevelContrast", "LevelStats", "LookResult", "Schedule", "StudyResults",
     "Summary", "TrialRecord", "compare", "compare_many", "conclusion", "decide_cells",

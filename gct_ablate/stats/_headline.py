@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from gct_ablate.stats._records import VERDICTS
+from gct_ablate.stats._records import BETTER, EQUIVALENT, INCONCLUSIVE, VERDICTS, WORSE
 from gct_ablate.stats._results import FactorStats, LevelStats, Summary
 
 
@@ -45,3 +45,35 @@ def headline(s: Summary) -> str:
     unit = "points" if s.percent else s.metric
     factors = "; ".join(factor_phrase(s, f) for f in s.factors)
     return f"Factors (main effects over the other factors, {unit}, 95 % CI): {factors}. {cells}"
+
+
+def conclusion(s: Summary) -> str:
+    """One line: what the study can detect with its seeds, and what it would need."""
+    others = [c for c in s.cells if not c.is_reference]
+    if not others:
+        return "A single cell: nothing to compare."
+    tested = [c for c in others if c.mdd is not None]
+    counts = Counter(c.verdict for c in others)
+    tally = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
+    if not tested:
+        return f"Nothing can be concluded yet ({tally}): a cell needs >= 2 runs and a spread."
+    kind = Counter((c.test, c.n_test) for c in tested).most_common(1)[0][0]
+    n = kind[1]
+    typical = max((c for c in tested if (c.test, c.n_test) == kind), key=lambda c: c.mdd or 0.0)
+    unit = "points" if s.percent else s.metric
+    upper = (f", up to {s.points(typical.mdd_upper)} at the sd's upper 95 % bound"
+             if typical.mdd_upper is not None else "")
+    df = f", {typical.test_df:.0f} df" if typical.test_df is not None else ""
+    line = (f"With {n} seeds per cell this study detects differences >= "
+            f"{s.points(typical.mdd)} {unit}{upper} ({typical.test}{df}, {s.power:.0%} power, "
+            f"alpha {s.alpha_power:.2g})")
+    if s.margin is not None and typical.seeds_needed is not None:
+        if typical.mdd is not None and typical.mdd <= s.margin:
+            line += f", within the margin {s.points(s.margin)}"
+        else:
+            line += (f"; {typical.seeds_needed} seeds per cell would detect the margin "
+                     f"{s.points(s.margin)}")
+    decided = counts[BETTER] + counts[WORSE] + counts[EQUIVALENT]
+    if counts[INCONCLUSIVE] and not decided:
+        line += ". No cell is decided: inconclusive is not 'no difference'"
+    return f"{line} ({tally})."

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 from scipy import optimize, stats
@@ -41,7 +42,9 @@ def _kind(test: bool | str) -> str:
 def _upper(crit: float, df: float, ncp: float) -> float:
     """P(T > crit) for a noncentral t; where scipy's nct gives NaN (far tails), the same
     probability as an integral over the chi-square of the denominator."""
-    value = float(stats.nct.sf(crit, df, ncp))
+    with warnings.catch_warnings():  # far tails: scipy warns, then returns NaN or a bound
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = float(stats.nct.sf(crit, df, ncp))
     if math.isfinite(value):
         return value
     from scipy import integrate

@@ -18,19 +18,15 @@ from gct_ablate.stats._compare import POOLED, SeedKey
 from gct_ablate.stats._counts import infer_images, snap
 from gct_ablate.stats._decide import Decision, decide_family, pooled_sds
 from gct_ablate.stats._describe import describe, mean_of_means_ci
-from gct_ablate.stats._headline import headline
+from gct_ablate.stats._headline import conclusion, headline
 from gct_ablate.stats._importance import importance as _importance
 from gct_ablate.stats._records import (
     ALPHA,
-    BETTER,
     CONFIDENCE,
     EQUIVALENT,
-    INCONCLUSIVE,
     PERCENT_METRICS,
     POWER,
     REFERENCE,
-    VERDICTS,
-    WORSE,
     StudyResults,
     TrialRecord,
     metric_margin,
@@ -369,35 +365,3 @@ def _lost_reference_seeds(results: StudyResults, kept: dict[SeedKey, float]) -> 
         return []
     return ["reference seed(s) without a usable run, left out of every comparison: "
             + ", ".join(f"{seed} ({tried[seed].lower()})" for seed in lost)]
-
-
-def conclusion(s: Summary) -> str:
-    """One line: what the study can detect with its seeds, and what it would need."""
-    others = [c for c in s.cells if not c.is_reference]
-    if not others:
-        return "A single cell: nothing to compare."
-    tested = [c for c in others if c.mdd is not None]
-    counts = Counter(c.verdict for c in others)
-    tally = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
-    if not tested:
-        return f"Nothing can be concluded yet ({tally}): a cell needs >= 2 runs and a spread."
-    kind = Counter((c.test, c.n_test) for c in tested).most_common(1)[0][0]
-    n = kind[1]
-    typical = max((c for c in tested if (c.test, c.n_test) == kind), key=lambda c: c.mdd or 0.0)
-    unit = "points" if s.percent else s.metric
-    upper = (f", up to {s.points(typical.mdd_upper)} at the sd's upper 95 % bound"
-             if typical.mdd_upper is not None else "")
-    df = f", {typical.test_df:.0f} df" if typical.test_df is not None else ""
-    line = (f"With {n} seeds per cell this study detects differences >= "
-            f"{s.points(typical.mdd)} {unit}{upper} ({typical.test}{df}, {s.power:.0%} power, "
-            f"alpha {s.alpha_power:.2g})")
-    if s.margin is not None and typical.seeds_needed is not None:
-        if typical.mdd is not None and typical.mdd <= s.margin:
-            line += f", within the margin {s.points(s.margin)}"
-        else:
-            line += (f"; {typical.seeds_needed} seeds per cell would detect the margin "
-                     f"{s.points(s.margin)}")
-    decided = counts[BETTER] + counts[WORSE] + counts[EQUIVALENT]
-    if counts[INCONCLUSIVE] and not decided:
-        line += ". No cell is decided: inconclusive is not 'no difference'"
-    return f"{line} ({tally})."

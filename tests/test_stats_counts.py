@@ -1,0 +1,181 @@
+"""Count data, ties, the pooled test of a blocked study, power and alpha spending, tested
+by simulation against their promised rates (vectorised over replicates, plus end-to-end
+runs of the decision function)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats as st
+from statsmodels.stats.multitest import multipletests
+
+from gct_ablate import stats
+from gct_ablate.stats._decide import holm_matrix
+from gct_ablate.stats._pooled import fit_blocks, pooled_tests
+from gct_ablate.stats._power import no_power_reason
+
+ALPHA, MARGIN = 0.05, 0.005
+
+
+def _ceiling(k: int, rate: float = ALPHA) -> float:
+    return rate + 3 * math.sqrt(rate * (1 - rate) / k)
+
+
+def _family(ref: list[int], cell: list[int], n_images: int = 360) -> stats.Decision:
+    values = {"ref": {i: k / n_images for i, k in enumerate(ref)},
+              "c": {i: k / n_images for i, k in enumerate(cell)}}
+    return stats.decide_family(values, "ref", ["c"], alpha=ALPHA, margin=MARGIN,
+                               maximize=True, images=n_images)["c"]
+
+
+def test_a_constant_difference_gets_the_same_exact_test_whatever_the_rounding() -> None:
+    a = _family([340, 345, 350], [342, 347, 352])
+    b = _family([300, 310, 320], [302, 312, 322])
+    for d in (a, b):
+        assert (d.comparison.test, d.comparison.p_value, d.verdict) == (
+            "exact sign", 0.25, "inconclusive")
+        assert d.ci_simultaneous is None and d.mdd is None and d.power_note
+
+
+@pytest.mark.parametrize("n, p_eq", [(2, 0.25), (3, 0.125), (5, 0.03125)])
+def test_identical_values_are_never_equivalent_with_p_zero(n, p_eq) -> None:
+    d = _family([350] * n, [350] * n)
+    assert (d.comparison.p_value, d.comparison.p_equivalence) == (1.0, p_eq)
+    assert d.verdict == ("equivalent" if n >= 3 and p_eq < ALPHA else "inconclusive")
+
+
+def test_power_solvers_never_raise() -> None:
+    assert stats.seeds_needed(True, 0.005, 1e-17, 0.05) is None
+    assert "about 0" in no_power_reason(0.005, 1e-17)
+    assert stats.min_detectable_difference(True, 3, 1e-17, 0.05) is None
+    assert stats.seeds_needed(True, 0.005, 0.01, 1e-12) is not None  # far tails: no NaN
+
+
+def test_holm_equals_statsmodels() -> None:
+    p = np.random.default_rng(1).uniform(0, 0.1, (8, 7))
+    want = np.array([multipletests(row, method="holm")[1] for row in p])
+    assert np.allclose(holm_matrix(p), want)
+
+
+def _blocks(rng, r: int, k: int, n: int, sd=1.0, shift=0.0, seed_sd=2.0) -> np.ndarray:
+    sd = np.broadcast_to(np.asarray(sd, float), (k,))
+    y = rng.standard_normal((r, k, n)) * sd[None, :, None] + seed_sd * rng.standard_normal(
+        (r, 1, n))
+    y[:, 1:, :] += shift
+    return y
+
+
+@np.errstate(divide="ignore", invalid="ignore")
+def _decide(y: np.ndarray, margin: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled rule vectorised: pooled t where the screen keeps a cell, its own paired t
+    where not; Holm over the cells. (rejected, equivalent) per replicate and cell."""
+    n = y.shape[2]
+    fit = fit_blocks(y)
+    p, p_eq, _, _ = pooled_tests(fit, margin)
+    d = y[:, 1:, :] - y[:, :1, :]
+    se = d.std(axis=2, ddof=1) / math.sqrt(n)
+    t = d.mean(axis=2) / se
+    own = 2 * st.t.sf(np.abs(t), n - 1)
+    use = fit.kept[:, 1:] & fit.pooled[:, None]
+    rejected = holm_matrix(np.where(use, p[:, 1:], own)) < ALPHA
+    equivalent = np.zeros_like(rejected)
+    if margin is not None:
+        own_eq = np.maximum(st.t.sf((d.mean(axis=2) + margin) / se, n - 1),
+                            st.t.cdf((d.mean(axis=2) - margin) / se, n - 1))
+        equivalent = holm_matrix(np.where(use, p_eq[:, 1:], own_eq)) < ALPHA
+    return rejected, equivalent & ~rejected
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_count_data_keep_the_family_rate(n) -> None:
+    """24 cells of k/360 correct (97 %), seeds shared: false better/worse and, at a true
+    difference of the margin, false equivalent."""
+    rng = np.random.default_rng(n)
+    r = 3000
+    y = rng.binomial(360, 0.97, (r, 24, n)) / 360
+    rejected, _ = _decide(y)
+    assert rejected.any(axis=1).mean() <= _ceiling(r)
+    shifted = rng.binomial(360, 0.97, (r, 24, n)) / 360
+    shifted[:, 1:] += MARGIN
+    _, equivalent = _decide(np.round(shifted * 360) / 360, MARGIN)
+    assert equivalent.any(axis=1).mean() <= _ceiling(r)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_count_data_end_to_end_through_the_decision_function(n) -> None:
+    rng = np.random.default_rng(10 + n)
+    wrong = 0
+    studies = 60
+    for _ in range(studies):
+        k = rng.binomial(360, 0.99, (8, n))
+        values = {f"c{i}": dict(enumerate(row / 360)) for i, row in enumerate(k)}
+        found = stats.decide_family(values, "c0", [f"c{i}" for i in range(1, 8)], alpha=ALPHA,
+                                    margin=MARGIN, maximize=True, images=360, power=False)
+        wrong += any(d.decided for d in found.values()) if n == 2 else any(
+            d.verdict in ("better", "worse") for d in found.values())
+        assert all(d.comparison.p_equivalence != 0 for d in found.values())
+    assert wrong / studies <= (0.0 if n == 2 else _ceiling(studies))
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_one_cell_at_three_times_the_sd_keeps_the_family_rate(n) -> None:
+    rng = np.random.default_rng(20 + n)
+    r = 4000
+    sd = np.ones(24)
+    sd[5] = 3.0
+    rejected, _ = _decide(_blocks(rng, r, 24, n, sd))
+    assert rejected.any(axis=1).mean() <= _ceiling(r)
+
+
+def test_pooled_test_detects_about_3_points_on_the_main_jobs_data() -> None:
+    """24 cells x 3 seeds, residual sd 0.88 points: the README's main job."""
+    mdd = stats.min_detectable_difference("pooled t", 3, 0.88, ALPHA / 23, cells=24)
+    paired = stats.min_detectable_difference(True, 3, 0.88 * math.sqrt(2), ALPHA / 23)
+    assert 2.7 < mdd < 3.2 and paired > 14
+
+
+@pytest.mark.parametrize("kind", ["paired t", "pooled t", "Welch t"])
+def test_power_at_the_reported_mdd_is_80_percent(kind) -> None:
+    rng = np.random.default_rng(30)
+    r, n, alpha = 6000, 3, ALPHA / 23
+    if kind == "pooled t":
+        mdd = stats.min_detectable_difference(kind, n, 1.0, alpha, cells=24)
+        fit = fit_blocks(_blocks(rng, r, 24, n, shift=mdd), screen=0.0)
+        p = pooled_tests(fit, None)[0][:, 1]
+    elif kind == "paired t":
+        mdd = stats.min_detectable_difference(kind, n, 1.0, alpha)
+        d = rng.standard_normal((r, n)) + mdd
+        p = st.ttest_1samp(d, 0.0, axis=1).pvalue
+    else:
+        mdd = stats.min_detectable_difference(kind, n, 1.0, alpha, n_ref=n)
+        a, b = rng.standard_normal((r, n)) + mdd, rng.standard_normal((r, n))
+        p = st.ttest_ind(a, b, axis=1, equal_var=False).pvalue
+    assert abs(np.mean(p < alpha) - 0.8) <= 0.03
+
+
+def test_adaptive_looks_from_two_seeds_keep_their_rates_and_spend_better_than_bonferroni(
+) -> None:
+    rng = np.random.default_rng(40)
+    schedule = stats.Schedule(2, 2, 8)
+    k = 150
+
+    def studies(shift: float, noise: float) -> list[dict]:
+        block = rng.normal(0, 2.0, (k, 8))
+        e = rng.normal(0, noise, (k, 5, 8))
+        return [{"ref": dict(enumerate(block[i] + e[i, 0])),
+                 **{f"c{j}": dict(enumerate(block[i] + shift + e[i, j])) for j in range(1, 5)}}
+                for i in range(k)]
+
+    null = stats.replay_many(studies(0.0, 1.0), "ref", schedule, alpha=ALPHA, margin=1.0,
+                             maximize=True, power=False)
+    assert np.mean([any(d.verdict in ("better", "worse") for d in r.cells.values())
+                    for r in null]) <= _ceiling(k)
+    assert all(d.look > 1 for r in null for d in r.cells.values() if d.decided)
+    edge = stats.replay_many(studies(1.0, 0.5), "ref", schedule, alpha=ALPHA, margin=1.0,
+                             maximize=True, power=False)
+    assert np.mean([any(d.verdict == "equivalent" for d in r.cells.values())
+                    for r in edge]) <= _ceiling(k)
+    last = schedule.alpha_per_look(ALPHA, schedule.n_looks)
+    assert last > ALPHA / len(schedule.tested_looks)  # the last look keeps more than Bonferroni
