@@ -179,3 +179,34 @@ def test_adaptive_looks_from_two_seeds_keep_their_rates_and_spend_better_than_bo
                     for r in edge]) <= _ceiling(k)
     last = schedule.alpha_per_look(ALPHA, schedule.n_looks)
     assert last > ALPHA / len(schedule.tested_looks)  # the last look keeps more than Bonferroni
+
+
+def test_a_main_job_like_study_reports_the_pooled_test_and_about_3_points() -> None:
+    """24 cells x 3 seeds of k / 360 correct at ~97 % (residual sd ~0.9 points), run
+    through summarize: pooled t with 46 df, its sd and each cell's own, and ~3 points."""
+    rng = np.random.default_rng(50)
+    ps, acts = ["1", "2", "3", "4", "inf", "gap"], ["tanh", "sigmoid", "softsign", "hardtanh"]
+    trials, number = [], 0
+    for p in ps:
+        for a in acts:
+            for seed in range(3):
+                k = int(rng.binomial(360, 0.97))
+                trials.append(stats.TrialRecord(f"p={p} activation={a}", seed, "COMPLETE",
+                                                k / 360, {"val_images": 360},
+                                                {"p": p, "activation": a}, number))
+                number += 1
+    spec = {"name": "main", "vary": ["p", "activation"], "levels": {"p": ps, "activation": acts},
+            "set": {}, "seeds": 3, "metric": "val_top1"}
+    s = stats.summarize(stats.StudyResults(spec, "p=2 activation=tanh", True, trials, "main"),
+                        importance=False)
+    others = [c for c in s.cells if not c.is_reference]
+    pooled = [c for c in others if c.test == "pooled t"]
+    assert len(pooled) >= 18 and s.images == 360 and s.block["df"] == 46
+    assert all(c.test_df == 46 and c.sd == s.pooled_sd["pooled"] and c.cell_sd is not None
+               for c in pooled)
+    assert 2.0 < 100 * pooled[0].mdd < 4.0 and 1 < pooled[0].mdd_upper / pooled[0].mdd < 1.4
+    assert 60 < pooled[0].seeds_needed < 150  # the 0.5 margin: 360 images set that floor
+    assert "pooled t, 46 df" in s.conclusion and s.headline.startswith("Factors")
+    for c in others:  # an interval that excludes 0 is never beside 'inconclusive'
+        lo, hi = c.ci_simultaneous or (0.0, 0.0)
+        assert not (lo > 0 or hi < 0) or c.verdict in ("better", "worse")
