@@ -210,3 +210,29 @@ def test_a_main_job_like_study_reports_the_pooled_test_and_about_3_points() -> N
     for c in others:  # an interval that excludes 0 is never beside 'inconclusive'
         lo, hi = c.ci_simultaneous or (0.0, 0.0)
         assert not (lo > 0 or hi < 0) or c.verdict in ("better", "worse")
+
+
+def test_alpha_spending_holds_over_looks_and_beats_bonferroni_on_the_same_seeds() -> None:
+    """Looks 3, 5, ..., 15 (the 3-2-15 schedule), 6 cells: rejected at any look under the
+    null, and the power of a shifted cell by the last look, spending against Bonferroni."""
+    rng = np.random.default_rng(60)
+    schedule = stats.Schedule(3, 2, 15)
+    looks = schedule.tested_looks
+    r = 3000
+
+    def rejected(y: np.ndarray, spend: bool) -> np.ndarray:
+        out = np.zeros(y.shape[:2], dtype=bool)[:, 1:]
+        for look, n in enumerate(looks, start=1):
+            p = pooled_tests(fit_blocks(y[:, :, :n]), None)[0][:, 1:]
+            if spend:
+                out |= holm_matrix(schedule.stagewise(look, p)) < ALPHA
+            else:
+                out |= holm_matrix(p) < ALPHA / len(looks)
+        return out
+
+    null = _blocks(rng, r, 6, 15)
+    assert rejected(null, True).any(axis=1).mean() <= _ceiling(r)
+    shifted = _blocks(rng, r, 6, 15)
+    shifted[:, 1, :] += 1.2  # only cell 1 differs: +1.2 sd
+    spend, bonferroni = (rejected(shifted, s)[:, 0].mean() for s in (True, False))
+    assert spend > bonferroni + 0.03, (spend, bonferroni)

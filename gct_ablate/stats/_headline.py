@@ -24,14 +24,15 @@ def _signed(s: Summary, x: float | None) -> str:
 
 
 def factor_phrase(s: Summary, f: FactorStats) -> str:
-    """'attention significant (se - none +0.8 [+0.3, +1.3])'."""
+    """'attention significant (largest: se vs gct +0.8 [+0.3, +1.3])'."""
     level = _largest(f)
     ref = next((lv.level for lv in f.levels if lv.is_reference), "ref")
     if level is None:
         return f"{f.name} {f.verdict}"
     interval = ("" if level.delta_ci_low is None or level.delta_ci_high is None else
                 f" [{_signed(s, level.delta_ci_low)}, {_signed(s, level.delta_ci_high)}]")
-    return f"{f.name} {f.verdict} ({level.level} - {ref} {_signed(s, level.delta)}{interval})"
+    return (f"{f.name} {f.verdict} (largest: {level.level} vs {ref} "
+            f"{_signed(s, level.delta)}{interval})")
 
 
 def headline(s: Summary) -> str:
