@@ -201,7 +201,8 @@ CSV_HEADER = ["kind", "study", "metric", "cell", "is_reference", "n", "mean", "s
               "p_adjusted", "p_equivalence", "p_equivalence_adjusted", "mdd", "seeds_needed",
               "verdict", "look", "params_total", "params_attention", "seconds_mean", "pruned",
               "failed", "running", "waiting", "term", "df", "F", "p", "partial_eta_squared",
-              "importance"]
+              "importance", "test_df", "sd", "cell_sd", "simultaneous_ci_low",
+              "simultaneous_ci_high", "mdd_upper"]
 
 
 def to_csv(summary: Summary) -> str:
@@ -212,9 +213,10 @@ def to_csv(summary: Summary) -> str:
     writer.writerow(CSV_HEADER)
     base = {"study": summary.study_name, "metric": summary.metric}
     for c in summary.cells:
-        ci = c.ci or [None, None]
+        ci, sim = c.ci or [None, None], c.ci_simultaneous or [None, None]
         row = {**base, "kind": "cell", **asdict(c), "delta_ci_low": ci[0],
-               "delta_ci_high": ci[1]}
+               "delta_ci_high": ci[1], "simultaneous_ci_low": sim[0],
+               "simultaneous_ci_high": sim[1]}
         writer.writerow(["" if row.get(k) is None else row[k] for k in CSV_HEADER])
     importance = {f.name: f.importance for f in summary.factors}
     for t in summary.anova:
