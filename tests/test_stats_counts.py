@@ -236,3 +236,38 @@ def test_alpha_spending_holds_over_looks_and_beats_bonferroni_on_the_same_seeds(
     shifted[:, 1, :] += 1.2  # only cell 1 differs: +1.2 sd
     spend, bonferroni = (rejected(shifted, s)[:, 0].mean() for s in (True, False))
     assert spend > bonferroni + 0.03, (spend, bonferroni)
+
+
+def test_an_interval_that_excludes_zero_is_never_inconclusive() -> None:
+    rng = np.random.default_rng(70)
+    seen = 0
+    for _ in range(150):
+        y = _blocks(rng, 1, 6, 4, shift=rng.uniform(0, 3))[0]
+        values = {f"c{i}": dict(enumerate(row)) for i, row in enumerate(y)}
+        found = stats.decide_family(values, "c0", [f"c{i}" for i in range(1, 6)], alpha=ALPHA,
+                                    margin=0.5, maximize=True, power=False)
+        for d in found.values():
+            lo, hi = d.ci_simultaneous
+            if lo > 0 or hi < 0:
+                seen += 1
+                assert d.verdict in ("better", "worse")
+    assert seen > 50
+
+
+def test_a_lost_reference_seed_is_named() -> None:
+    trials = [stats.TrialRecord(f"p={p}", seed, "COMPLETE", 0.9 + 0.01 * seed + 0.001 * i,
+                                {}, {"p": p}, 10 * i + seed)
+              for i, p in enumerate(["1", "2", "3"]) for seed in range(4)]
+    lost = next(t for t in trials if t.cell == "p=2" and t.seed == 1)
+    lost.state, lost.value = "FAIL", None
+    spec = {"name": "s", "vary": ["p"], "levels": {"p": ["1", "2", "3"]}, "set": {}, "seeds": 4}
+    s = stats.summarize(stats.StudyResults(spec, "p=2", True, trials, "s"), importance=False)
+    assert any("reference seed(s) without a usable run" in n and "1 (fail)" in n
+               for n in s.notes)
+    assert {c.n_test for c in s.cells if not c.is_reference} == {3}
+
+
+def test_two_constant_groups_get_the_exact_permutation_test() -> None:
+    c = stats.compare({"#1": 0.9, "#2": 0.9, "#3": 0.9}, {"#4": 0.8, "#5": 0.8, "#6": 0.8},
+                      margin=0.005)
+    assert (c.test, c.p_value, c.p_equivalence) == ("exact permutation", 0.1, None)
