@@ -112,7 +112,7 @@ def _cost_line(report: Report) -> str:
 # The verdict table of the page: the summary's columns, the interval of Δ beside Δ, without
 # the mean's interval and the raw p (the Markdown twin and `summary` have every column).
 # An inconclusive verdict says what the study detects, so that column goes too.
-PAGE_CELL_HEADER = ["cell", "n", "mean ± std", "test", "Δ vs ref [95% CI]", "p (Holm)",
+PAGE_CELL_HEADER = ["cell", "n", "mean ± std", "test", "Δ vs ref [simult. CI]", "p (Holm)",
                     "p equiv. (Holm)", "seeds needed", "verdict"]
 
 
