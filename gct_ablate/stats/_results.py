@@ -51,8 +51,8 @@ class CellStats:
     p_adjusted: float | None = None  # Holm over the non-reference cells
     p_equivalence: float | None = None  # TOST within +-margin
     p_equivalence_adjusted: float | None = None  # Holm over the equivalence tests
-    significant: bool | None = None  # the difference test alone (a cell can be equivalent
-    # and significant: a real difference smaller than the margin)
+    significant: bool | None = None  # the difference test alone (a better/worse cell can
+    # also be within the margin: a real difference smaller than it)
     mdd: float | None = None  # minimum detectable difference at n_test (80 % power)
     mdd_upper: float | None = None  # the same with the sd's one-sided 95 % upper bound
     power_note: str | None = None  # why mdd / seeds_needed is missing

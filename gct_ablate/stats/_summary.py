@@ -22,11 +22,12 @@ from gct_ablate.stats._headline import conclusion, headline
 from gct_ablate.stats._importance import importance as _importance
 from gct_ablate.stats._records import (
     ALPHA,
+    BETTER,
     CONFIDENCE,
-    EQUIVALENT,
     PERCENT_METRICS,
     POWER,
     REFERENCE,
+    WORSE,
     StudyResults,
     TrialRecord,
     metric_margin,
@@ -331,9 +332,10 @@ def _notes(s: Summary, anova: FactorialAnova, dupes: int, bad: int, extra: list[
     if few:
         notes.append("fewer than 3 shared seeds: tested, never decided: "
                      + ", ".join(repr(c) for c in few))
-    small = [c.cell for c in others if c.verdict == EQUIVALENT and c.significant]
+    small = [c.cell for c in others if c.verdict in (BETTER, WORSE)
+             and c.p_equivalence_adjusted is not None and c.p_equivalence_adjusted < s.alpha]
     if small:
-        notes.append("a real difference smaller than the margin (equivalent): "
+        notes.append("a real difference smaller than the margin (also equivalent): "
                      + ", ".join(repr(c) for c in small))
     if schedule is None and ref is not None:
         partial = [c.cell for c in others
