@@ -32,7 +32,9 @@ VERDICT_STYLE = {stats.BETTER: "bold green", stats.WORSE: "bold red",
                  stats.EQUIVALENT: "green", stats.INCONCLUSIVE: "yellow",
                  stats.REFERENCE: "bold cyan", stats.TOO_FEW: "magenta",
                  stats.SIGNIFICANT: "bold", stats.NEGLIGIBLE: "green"}
-SHORT_TEST = {stats.PAIRED: "paired", stats.WELCH: "Welch", stats.NO_TEST: "-"}
+SHORT_TEST = {stats.PAIRED: "paired", stats.POOLED: "pooled", stats.WELCH: "Welch",
+              stats.SIGN: "sign (exact)", stats.PERMUTATION: "perm. (exact)",
+              stats.NO_TEST: "-"}
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -81,12 +83,20 @@ def _margin_text(s: Summary) -> str:
 
 
 def _method_line(s: Summary) -> str:
-    level = (f"alpha = {s.alpha} over {len(_looks(s))} planned looks "
-             f"(each at {s.alpha_look:.3g})" if s.alpha_look is not None
+    level = (f"alpha = {s.alpha} spent over {len(_looks(s))} planned looks "
+             f"(O'Brien-Fleming type; this look at {s.alpha_look:.3g})"
+             if s.alpha_look is not None
              else f"alpha = {s.alpha}")
-    return (f"Paired t by seed vs the reference (Welch where seeds are not shared), "
-            f"Holm-adjusted; equivalence: TOST within the margin {_margin_text(s)}; {level}; "
-            f"{s.confidence:.0%} t intervals; pruned and failed runs are not averaged in.")
+    pooled = ""
+    if s.block:
+        pooled = (f" (residual sd {s.points(s.block['sd'])}, {s.block['df']:.0f} df, "
+                  f"{s.block['pooled_cells']} cells)")
+    return (f"Pooled t of metric ~ cell + seed where cells share the reference's seeds"
+            f"{pooled}, else paired t by seed or Welch; exact sign/permutation tests where "
+            f"differences do not vary; Holm-adjusted; equivalence: TOST within the margin "
+            f"{_margin_text(s)}; {level}; intervals of Δ simultaneous at alpha / (tests) "
+            f"(the unadjusted {s.confidence:.0%} ones in the JSON/CSV); pruned and failed runs "
+            f"are not averaged in.")
 
 
 def _looks(s: Summary) -> list[int]:
@@ -104,7 +114,7 @@ def _tracking_line(s: Summary) -> str:
 
 
 # ----------------------------------------------------------------------------- rows
-CELL_HEADER = ["cell", "n", "mean ± std", "95% CI", "test", "Δ vs ref", "95% CI of Δ", "p",
+CELL_HEADER = ["cell", "n", "mean ± std", "95% CI", "test", "Δ vs ref", "simult. CI of Δ", "p",
                "p (Holm)", "p equiv. (Holm)", "detects ≥", "seeds needed", "verdict"]
 COST_HEADER = ["cell", "params", "attention params", "s/trial", "pruned", "failed"]
 ANOVA_HEADER = ["term", "df", "F", "p", "partial η²", "verdict", "relative importance"]
@@ -118,7 +128,7 @@ def _cell_row(s: Summary, c: CellStats) -> list[str]:
     return [_cell_name(c.cell), str(c.n), mean, _ci(s, c.ci_low, c.ci_high),
             "—" if ref else SHORT_TEST.get(c.test, c.test),
             "—" if ref else _num(s, c.delta, True),
-            "—" if ref else _ci(s, *(c.ci or (None, None)), delta=True),
+            "—" if ref else _ci(s, *(c.ci_simultaneous or (None, None)), delta=True),
             "—" if ref else _p(c.p_value), "—" if ref else _p(c.p_adjusted),
             "—" if ref else _p(c.p_equivalence_adjusted),
             "—" if ref else s.points(c.mdd), "—" if ref else _int(c.seeds_needed),
@@ -170,6 +180,8 @@ def to_markdown(summary: Summary) -> str:
     if s.tracking:
         lines += [_tracking_line(s), ""]
     lines += [f"**Conclusion:** {s.conclusion}", "", "## Cells", ""]
+    if s.headline:
+        lines[2:2] = [f"**{s.headline}**", ""]
     lines += table(CELL_HEADER, [_cell_row(s, c) for c in s.cells])
     lines += ["", "## Cost", ""] + table(COST_HEADER, [_cost_row(s, c) for c in s.cells])
     if s.factors:
@@ -189,7 +201,8 @@ CSV_HEADER = ["kind", "study", "metric", "cell", "is_reference", "n", "mean", "s
               "p_adjusted", "p_equivalence", "p_equivalence_adjusted", "mdd", "seeds_needed",
               "verdict", "look", "params_total", "params_attention", "seconds_mean", "pruned",
               "failed", "running", "waiting", "term", "df", "F", "p", "partial_eta_squared",
-              "importance"]
+              "importance", "test_df", "sd", "cell_sd", "simultaneous_ci_low",
+              "simultaneous_ci_high", "mdd_upper"]
 
 
 def to_csv(summary: Summary) -> str:
@@ -200,9 +213,10 @@ def to_csv(summary: Summary) -> str:
     writer.writerow(CSV_HEADER)
     base = {"study": summary.study_name, "metric": summary.metric}
     for c in summary.cells:
-        ci = c.ci or [None, None]
+        ci, sim = c.ci or [None, None], c.ci_simultaneous or [None, None]
         row = {**base, "kind": "cell", **asdict(c), "delta_ci_low": ci[0],
-               "delta_ci_high": ci[1]}
+               "delta_ci_high": ci[1], "simultaneous_ci_low": sim[0],
+               "simultaneous_ci_high": sim[1]}
         writer.writerow(["" if row.get(k) is None else row[k] for k in CSV_HEADER])
     importance = {f.name: f.importance for f in summary.factors}
     for t in summary.anova:
@@ -223,6 +237,8 @@ def _print(console: Console, text: str, style: str = "") -> None:
 
 def _render_table(s: Summary, console: Console) -> None:
     console.print(Text(f"Study {s.study_name}", style="bold"))
+    if s.headline:
+        _print(console, s.headline, "bold")
     if s.spec.get("question"):
         console.print(Text(str(s.spec["question"]), style="italic"))
     _print(console, f"metric: {_metric_label(s)}   reference: {_cell_name(s.reference_cell)}"
@@ -235,8 +251,8 @@ def _render_table(s: Summary, console: Console) -> None:
     # the rest (raw p, equivalence p, seeds needed) is in the other formats
     keep = ([0, 1, 2, 3, 4, 5, 6, 8, 10, 12] if wide else [0, 1, 2, 4, 5, 6, 8, 12]
             if console.width >= 95 else [0, 1, 4, 5, 8, 12])
-    names = {2: "mean ± std", 6: "95% CI of Δ"} if wide else {2: "mean", 5: "Δ",
-                                                              6: "95% CI", 8: "p adj."}
+    names = {2: "mean ± std", 6: "simult. CI of Δ"} if wide else {2: "mean", 5: "Δ",
+                                                                  6: "sim. CI", 8: "p adj."}
     table = Table(title="Cells vs the reference", title_justify="left",
                   **{**TABLE_STYLE, "padding": (0, 1) if wide else (0, 0)})
     for i in keep:

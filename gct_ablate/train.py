@@ -223,6 +223,7 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None,
         "params_total": total,
         "params_attention": attn,
         "n_attention_modules": n_modules,
+        "val_images": data.size("val"),  # the grain of the accuracies (correct / N)
         "device": str(device),
         "gct_impl": gct_implementation(cfg, device),
     }

@@ -67,7 +67,8 @@ def test_forest_plot_rows_cis_margin_band_and_verdicts_beside_it() -> None:
     assert _texts_outside_right(ax) == ["reference"] + [s.verdict_text(c) for c in others]
     cis = sorted(tuple(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) == 2
                  and line.get_linestyle() == "-" and line.get_ydata()[0] > 0)
-    want = sorted((100 * c.ci[0], 100 * c.ci[1]) for c in others)
+    want = sorted((100 * c.ci_simultaneous[0], 100 * c.ci_simultaneous[1])
+                  for c in others if c.ci_simultaneous)
     assert len(cis) == len(want)
     for got, expected in zip(cis, want, strict=True):  # approx takes no nested sequences
         assert got == pytest.approx(expected)

@@ -121,8 +121,8 @@ def test_paired_matches_scipy_when_seeds_are_shared() -> None:
 
 @pytest.mark.parametrize("a, b, test, p", [
     ([0.9], [0.9, 0.8], "none", None),  # n < 2
-    ([0.97] * 3, [0.97] * 3, "paired t", 1.0),  # identical: no difference at all
-    ([0.97] * 3, [0.98] * 3, "paired t", None),  # constants that differ: t undefined
+    ([0.97] * 3, [0.97] * 3, "exact sign", 1.0),  # identical: no difference at all
+    ([0.97] * 3, [0.98] * 3, "exact sign", 0.25),  # constant differences: 2 * 0.5 ** 3
 ])
 def test_compare_edge_cases(a, b, test, p) -> None:
     c = stats.compare(dict(enumerate(a)), dict(enumerate(b)))
@@ -154,7 +154,8 @@ def test_holm_caps_at_one_and_skips_untested() -> None:
     (0.02, 0.01, 0.5, False, "paired t", "worse"),
     (0.02, 0.05, 0.5, True, "paired t", "inconclusive"),  # p must be < alpha
     (0.001, 0.5, 0.01, True, "paired t", "equivalent"),
-    (0.001, 0.01, 0.01, True, "paired t", "equivalent"),  # real but within the margin
+    (0.001, 0.01, 0.01, True, "paired t", "better"),  # real, within the margin: shown
+    (0.02, 0.001, 0.5, True, "Welch t", "better"),
     (0.02, None, None, True, "paired t", "inconclusive"),  # t undefined
     (0.02, None, None, True, "none", "too few runs"),
 ])
@@ -186,11 +187,22 @@ def test_summarize_cells_against_scipy() -> None:
         s, "p=2 activation=sigmoid")
     assert ref.is_reference and ref.verdict == "reference" and ref.p_value is None
     assert (ref.n, ref.mean, ref.std) == (3, pytest.approx(0.91), pytest.approx(0.01))
-    p_worse = st.ttest_rel(VALUES[worse.cell], VALUES[REF]).pvalue  # seeds 0-2 are shared
-    p_close = st.ttest_rel(VALUES[close.cell], VALUES[REF]).pvalue
-    assert (worse.test, close.test) == ("paired t", "paired t")
+    # seeds 0-2 are shared by three cells: the pooled t of metric ~ cell + seed
+    import pandas as pd
+    import statsmodels.formula.api as smf
+
+    block = [REF, worse.cell, close.cell]
+    frame = pd.DataFrame([(c, s_, v) for c in block for s_, v in enumerate(VALUES[c])],
+                         columns=["cell", "seed", "value"])
+    fit = smf.ols(f"value ~ C(cell, Treatment({REF!r})) + C(seed)", frame).fit()
+    p_worse = fit.pvalues[f"C(cell, Treatment({REF!r}))[T.{worse.cell}]"]
+    p_close = fit.pvalues[f"C(cell, Treatment({REF!r}))[T.{close.cell}]"]
+    assert (worse.test, close.test) == ("pooled t", "pooled t")
+    assert (worse.test_df, worse.sd) == (4, pytest.approx(fit.mse_resid ** 0.5))
     assert worse.p_value == pytest.approx(p_worse)
     assert close.p_value == pytest.approx(p_close)
+    assert worse.cell_sd == pytest.approx(np.std(np.subtract(VALUES[worse.cell], VALUES[REF]),
+                                                 ddof=1))
     holm = multipletests([p_worse, p_close], method="holm")[1]  # the n=1 cell is no test
     assert worse.p_adjusted == pytest.approx(holm[0])
     assert close.p_adjusted == pytest.approx(holm[1])
@@ -249,11 +261,13 @@ def test_zero_variance_cells() -> None:
     values = {"p=1": [0.97] * 3, "p=2": [0.98] * 3, "p=inf": [0.98] * 3}
     spec = {**spec_dict(vary=("p",)), "levels": {"p": ["1", "2", "inf"]}}
     s = summarize(StudyResults(spec, "p=2", True, records(values), "p"), importance=False)
-    assert [(c.p_value, c.verdict) for c in s.cells] == [
-        (None, "inconclusive"), (None, "reference"), (1.0, "equivalent")]
-    assert cell(s, "p=inf").p_adjusted == 1.0  # a family of one: the undefined t is no test
-    assert cell(s, "p=inf").p_equivalence_adjusted == 0.0  # identical results
-    assert any("t undefined" in n and "'p=1'" in n for n in s.notes)
+    # no t from constant differences: exact sign tests, never p = 0
+    assert [(c.test, c.p_value, c.verdict) for c in s.cells] == [
+        ("exact sign", 0.25, "inconclusive"), ("", None, "reference"),
+        ("exact sign", 1.0, "inconclusive")]
+    assert cell(s, "p=inf").p_equivalence == 0.125  # identical results: 0.5 ** 3, not 0
+    assert cell(s, "p=1").ci_simultaneous is None and cell(s, "p=1").mdd is None
+    assert any("exact sign" in n and "'p=1'" in n for n in s.notes)
     assert s.factors[0].F is None and any("no residual variance" in n for n in s.notes)
 
 
@@ -317,7 +331,7 @@ def test_csv_round_trip() -> None:
     assert [r["cell"] for r in rows] == [c.cell for c in summary().cells]
     worse = rows[0]
     assert float(worse["mean"]) == pytest.approx(0.80) and worse["verdict"] == "worse"
-    assert worse["test"] == "paired t" and float(worse["delta_ci_high"]) < 0
+    assert worse["test"] == "pooled t" and float(worse["delta_ci_high"]) < 0
     assert float(worse["mdd"]) > 0 and int(worse["seeds_needed"]) >= 2
     assert rows[1]["std"] == "" and rows[1]["n"] == "1"
     assert rows[0]["pruned"] == "1" and rows[0]["failed"] == "1"
@@ -332,12 +346,15 @@ def test_json_has_everything() -> None:
     assert data["reference_cell"] == REF and data["percent"] is True
     assert data["cells"][1]["std"] is None
     assert data["factors"][0]["levels"][0]["level"] == "1"
-    assert "Welch" in data["methods"]["test"] and "paired" in data["methods"]["test"]
+    assert "Welch" in data["methods"]["test"] and "pooled" in data["methods"]["test"]
     for c in data["cells"]:
         assert {"test", "delta", "ci", "p_adjusted", "p_equivalence_adjusted", "mdd",
                 "seeds_needed", "verdict"} <= set(c)
     worse = data["cells"][0]
-    assert worse["test"] == "paired t" and len(worse["ci"]) == 2 and worse["mdd"] > 0
+    assert worse["test"] == "pooled t" and len(worse["ci"]) == 2 and worse["mdd"] > 0
+    assert worse["test_df"] == 4 and worse["sd"] > 0 and worse["cell_sd"] > 0
+    assert len(worse["ci_simultaneous"]) == 2 and data["pooled_sd"]["pooled"] == worse["sd"]
+    assert data["block"]["df"] == 4 and data["headline"].startswith("Factors")
     for f in data["factors"]:
         assert {"F", "p", "partial_eta_squared", "verdict", "importance"} <= set(f)
     assert data["margin"] == pytest.approx(0.005) and data["conclusion"].startswith("With 3")

@@ -37,6 +37,8 @@ def test_metrics_carry_parameter_counts():
     assert 0 < m["params_attention"] < m["params_total"]
     assert m["seconds"] > 0
     assert m["gct_impl"] == "C kernel"  # float32 on the CPU, with a C compiler here
+    assert m["val_images"] == 360  # digits' validation split: accuracies are k / 360
+    assert round(m["val_top1"] * 360, 9) == round(m["val_top1"] * 360)
 
 
 def test_gct_implementation_is_reported():

@@ -95,7 +95,9 @@ def recipe(summary: Summary) -> list[tuple[str, str]]:
     unit = "points" if s.percent else s.metric
     rows.append(("margin", "none: no equivalence test" if s.margin is None else
                  f"±{s.points(s.margin)} {unit}: the smallest difference that matters"))
-    rows.append(("tests", f"alpha {s.alpha}; paired t by seed (Welch where seeds are not "
-                 "shared), Holm over the cells; TOST within the margin; type-II ANOVA "
+    rows.append(("tests", f"alpha {s.alpha}; pooled t of metric ~ cell + seed where cells "
+                 "share the reference's seeds (else paired t by seed, or Welch; exact tests "
+                 "where differences do not vary), Holm over the cells with simultaneous "
+                 f"intervals; TOST within the margin; type-II ANOVA "
                  f"{s.anova_formula or '(none)'}"))
     return rows

@@ -222,8 +222,10 @@ def verdict_table(summary: Summary) -> dict[str, list[Any]]:
         "mean": [pts(c.mean) for c in cells],
         "test": [c.test or "reference" for c in cells],
         "delta": [pts(c.delta) for c in cells],
-        "delta_ci_low": [pts(c.ci[0]) if c.ci else None for c in cells],
-        "delta_ci_high": [pts(c.ci[1]) if c.ci else None for c in cells],
+        "delta_ci_low": [pts(c.ci_simultaneous[0]) if c.ci_simultaneous else None
+                         for c in cells],  # simultaneous, at the family's level
+        "delta_ci_high": [pts(c.ci_simultaneous[1]) if c.ci_simultaneous else None
+                          for c in cells],
         "p_adjusted": [c.p_adjusted for c in cells],
         "p_equivalence_adjusted": [c.p_equivalence_adjusted for c in cells],
         "detects": [pts(c.mdd) for c in cells],

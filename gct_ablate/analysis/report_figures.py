@@ -116,8 +116,9 @@ def forest_figure(summary: Summary) -> Figure:
         if c.delta is None:
             continue
         color = VERDICT_COLOR.get(c.verdict, "k")
-        if c.ci is not None:
-            ax.plot([scale * c.ci[0], scale * c.ci[1]], [y, y], "-", color=color, lw=1.8,
+        if c.ci_simultaneous is not None:  # at the family's level, as the verdicts
+            lo, hi = c.ci_simultaneous
+            ax.plot([scale * lo, scale * hi], [y, y], "-", color=color, lw=1.8,
                     solid_capstyle="butt")
         filled = c.verdict in stats.DECIDED
         ax.plot([scale * c.delta], [y], "o", ms=5.5, color=color,

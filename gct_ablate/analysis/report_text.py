@@ -112,7 +112,7 @@ def _cost_line(report: Report) -> str:
 # The verdict table of the page: the summary's columns, the interval of Δ beside Δ, without
 # the mean's interval and the raw p (the Markdown twin and `summary` have every column).
 # An inconclusive verdict says what the study detects, so that column goes too.
-PAGE_CELL_HEADER = ["cell", "n", "mean ± std", "test", "Δ vs ref [95% CI]", "p (Holm)",
+PAGE_CELL_HEADER = ["cell", "n", "mean ± std", "test", "Δ vs ref [simult. CI]", "p (Holm)",
                     "p equiv. (Holm)", "seeds needed", "verdict"]
 
 
@@ -149,6 +149,8 @@ def to_html(report: Report) -> str:
     out = [f"<h1>Study {_e(s.study_name)}</h1>"]
     if s.spec.get("question"):
         out.append(f'<p class="question">{_e(s.spec["question"])}</p>')
+    if s.headline:
+        out.append(f'<p class="conclusion">{_e(s.headline)}</p>')
     out.append(f'<p class="conclusion">{_e(s.conclusion)}</p>')
     out.append(f'<p class="meta">{_e(p["meta"])}</p>')
     out.append("<nav>" + "".join(f'<a href="#{k}">{_e(v)}</a>' for k, v in SECTIONS) + "</nav>")
@@ -238,7 +240,8 @@ def to_markdown(report: Report, images: str) -> str:
     out = [f"# Study `{s.study_name}`", ""]
     if s.spec.get("question"):
         out += [f"> {s.spec['question']}", ""]
-    out += [f"**{s.conclusion}**", "", p["meta"], ""]
+    out += ([f"**{s.headline}**", ""] if s.headline else []) + [f"**{s.conclusion}**", "",
+                                                                   p["meta"], ""]
     for f in _figures(report, "forest"):
         out += img(f)
     out += ["## Verdicts", "", *_md_table(*p["cells"][:2])]

@@ -1,11 +1,13 @@
 """The statistics of a study: trial records in, a :class:`Summary` out (no storage, no I/O).
 
-- each cell against the reference: paired t by seed when they share seeds, else Welch
-  (``compare``), Holm-adjusted, with a TOST equivalence test within +-margin, the minimum
-  detectable difference and the seeds needed (``decide_family``);
+- each cell against the reference: the pooled t of the block model when cells share the
+  reference's seeds, else paired t by seed or Welch (``compare``), exact tests where the
+  differences do not vary, Holm-adjusted with simultaneous intervals, with a TOST
+  equivalence test within +-margin, the minimum detectable difference and the seeds
+  needed (``decide_family``);
 - the factorial analysis: ``ols`` of the metric on the factors and the seed block, type-II
   ANOVA (``factorial_anova``);
-- adaptive seeds: planned looks with Bonferroni over looks (``Schedule``, ``replay``,
+- adaptive seeds: planned looks with alpha spent over them (``Schedule``, ``replay``,
   ``next_seeds``);
 - ``summarize`` puts them together for a stored study.
 
@@ -13,7 +15,17 @@ Undefined quantities are ``None`` (never NaN), so callers render 'n/a' and JSON 
 """
 
 from gct_ablate.stats._anova import AnovaTerm, FactorialAnova, LevelContrast, factorial_anova
-from gct_ablate.stats._compare import NO_TEST, PAIRED, WELCH, Comparison, compare, compare_many
+from gct_ablate.stats._compare import (
+    NO_TEST,
+    PAIRED,
+    PERMUTATION,
+    POOLED,
+    SIGN,
+    WELCH,
+    Comparison,
+    compare,
+    compare_many,
+)
 from gct_ablate.stats._decide import (
     Decision,
     decide_cells,
@@ -67,7 +79,8 @@ from gct_ablate.stats._summary import conclusion, decide_study, study_values, su
 __all__ = [
     "ALPHA", "BETTER", "CONFIDENCE", "DECIDED", "DEFAULT_MARGIN_POINTS", "EQUIVALENT",
     "FACTOR_VERDICTS", "INCONCLUSIVE", "METHODS", "NEGLIGIBLE", "NO_TEST", "PAIRED",
-    "PERCENT_METRICS", "POWER", "REFERENCE", "SIGNIFICANT", "TOO_FEW", "VERDICTS", "WELCH",
+    "PERCENT_METRICS", "PERMUTATION", "POOLED", "SIGN", "POWER", "REFERENCE", "SIGNIFICANT",
+    "TOO_FEW", "VERDICTS", "WELCH",
     "WORSE", "AnovaTerm", "CellStats", "Comparison", "Decision", "Describe", "FactorStats",
     "FactorialAnova", "LevelContrast", "LevelStats", "LookResult", "Schedule", "StudyResults",
     "Summary", "TrialRecord", "compare", "compare_many", "conclusion", "decide_cells",

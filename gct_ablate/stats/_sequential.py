@@ -5,27 +5,30 @@ and to every undecided cell, up to ``max_seeds``; look k uses seeds 0 .. n_k - 1
 functions of the stored values, so a stopped study replays to the same decisions and
 continues the same schedule.
 
-Error control (Bonferroni over the planned looks): each look judges its undecided cells
-with :func:`~gct_ablate.stats._decide.decide_cells` at alpha / K for K planned looks, Holm
-over the full family of non-reference cells, where cells decided at an earlier look count
-with p = 1. That p is valid for each look's fixed-n test (it is never below the p the cell
-would have had), so Holm bounds the chance of a false better/worse at one look by
-alpha / K, and the union over the K looks by alpha, whatever the stopping did. The same
-holds separately for false "equivalent" claims (cells whose true difference is at least
-the margin). Bonferroni spends alpha evenly; it is conservative next to an O'Brien-Fleming
-spending rule, but needs no joint distribution of the looks and holds for the paired and
-the Welch test alike.
+Error control (alpha spending over the looks, ``_spending``): only looks with >= 3 seeds
+are tested looks (a first look with fewer decides nothing and spends nothing). Each tested
+look converts every undecided cell's p-value to its stage-wise level (the family level at
+which that look's O'Brien-Fleming-type boundary would be crossed); Holm over the full family
+of non-reference cells then decides at alpha, with cells decided earlier counted at p = 1.
+Each intersection of Holm's closure is a Bonferroni split of group-sequential tests, so the
+family-wise rate of false better/worse holds over the looks; the same for false
+'equivalent' (TOST p-values through the same boundaries). The tests are the fixed-sample
+ones (pooled t of the block, or the cell's own t): the boundaries assume nested normal
+statistics, which the simulations in the tests check for t-tests from 3 seeds on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from gct_ablate.stats._compare import compare_many
-from gct_ablate.stats._decide import Decision, Values, judge
+import numpy as np
+
+from gct_ablate.stats._compare import MIN_DECIDE, NO_TEST, Comparison
+from gct_ablate.stats._decide import Decision, Values, compare_cells, judge
 from gct_ablate.stats._records import DECIDED
+from gct_ablate.stats._spending import nominal_level, stagewise_level
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,24 @@ class Schedule:
     def n_looks(self) -> int:
         return len(self.looks)
 
-    def alpha_per_look(self, alpha: float) -> float:
-        """The level of each look's tests: alpha / (planned looks)."""
-        return alpha / self.n_looks
+    @property
+    def tested_looks(self) -> tuple[int, ...]:
+        """Seeds at the looks that test (>= 3 seeds); a first look with fewer only runs."""
+        return tuple(n for n in self.looks if n >= MIN_DECIDE)
+
+    def alpha_per_look(self, alpha: float, look: int | None = None) -> float:
+        """The nominal level of ``look``'s raw tests (default the last look) when the study
+        spends ``alpha``; 0 for a look that does not test."""
+        n = self.seeds_at(look or self.n_looks)
+        tested = self.tested_looks
+        if n not in tested:
+            return 0.0
+        return nominal_level(tested, tested.index(n) + 1, alpha)
+
+    def stagewise(self, look: int, p: np.ndarray) -> np.ndarray:
+        """p-values of ``look`` as stage-wise family levels (``_spending``)."""
+        tested = self.tested_looks
+        return stagewise_level(tested, tested.index(self.seeds_at(look)) + 1, p)
 
     def seeds_at(self, look: int) -> int:
         if not 1 <= look <= self.n_looks:
@@ -90,7 +108,7 @@ class LookResult:
     look: int
     schedule: Schedule
     alpha: float  # study-wide
-    alpha_look: float  # of each look
+    alpha_look: float  # the nominal level of this look's raw tests (spent alpha)
     reference: str
     cells: dict[str, Decision]
 
@@ -109,29 +127,40 @@ def _at_look(values: Values, n_seeds: int) -> dict[str, dict[Any, float]]:
             for c, vals in values.items()}
 
 
+def _staged(comparisons: dict[str, Comparison], schedule: Schedule, look: int
+            ) -> dict[str, Comparison]:
+    """Comparisons with p-values replaced by their stage-wise levels; none at all (no
+    test) at a look with fewer than 3 seeds."""
+    if schedule.seeds_at(look) < MIN_DECIDE:
+        return {c: Comparison(NO_TEST, cmp.n, cmp.n_ref, cmp.delta)
+                for c, cmp in comparisons.items()}
+    out = {}
+    for c, cmp in comparisons.items():
+        p = [np.nan if v is None else v for v in (cmp.p_value, cmp.p_equivalence)]
+        level = schedule.stagewise(look, np.array(p))
+        out[c] = replace(cmp, p_value=None if cmp.p_value is None else float(level[0]),
+                         p_equivalence=None if cmp.p_equivalence is None
+                         else float(level[1]))
+    return out
+
+
 def decide_looks(studies: Sequence[Values], reference: str, look: int, schedule: Schedule, *,
                  alpha: float, margin: float | None, maximize: bool,
                  cells: Sequence[str] | None = None,
                  previous: Sequence[Mapping[str, Decision] | None] | None = None,
-                 power: bool = True) -> list[LookResult]:
-    """:func:`decide_look` of several studies at once (their tests are batched; each study
-    is judged on its own). What the error-rate simulation runs."""
-    n_seeds, alpha_look = schedule.seeds_at(look), schedule.alpha_per_look(alpha)
+                 power: bool = True, images: int | None = None) -> list[LookResult]:
+    """:func:`decide_look` of several studies (each judged on its own)."""
+    n_seeds, alpha_look = schedule.seeds_at(look), schedule.alpha_per_look(alpha, look)
     previous = previous or [None] * len(studies)
-    plans, pairs = [], []
+    out = []
     for values, before in zip(studies, previous, strict=True):
         at = _at_look(values, n_seeds)
         names = [c for c in (cells if cells is not None else values) if c != reference]
         done = {c: d for c in names if (d := (before or {}).get(c)) is not None and d.decided}
         open_ = [c for c in names if c not in done]
-        plans.append((at, names, done, open_))
-        ref = at.get(reference, {})
-        pairs += [(at.get(c, {}), ref) for c in open_]
-    found = iter(compare_many(pairs, margin))
-    out = []
-    for at, names, done, open_ in plans:
-        new = judge({c: next(found) for c in open_}, at, alpha=alpha_look, margin=margin,
-                    maximize=maximize, frozen=len(done), power=power, look=look)
+        found = _staged(compare_cells(at, reference, open_, margin, images), schedule, look)
+        new = judge(found, at, alpha=alpha, margin=margin, maximize=maximize,
+                    frozen=len(done), power=power, look=look, nominal=alpha_look or alpha)
         out.append(LookResult(look, schedule, alpha, alpha_look, reference,
                               {c: done.get(c) or new[c] for c in names}))
     return out
@@ -141,9 +170,9 @@ def decide_look(values: Values, reference: str, look: int, schedule: Schedule, *
                 alpha: float, margin: float | None, maximize: bool,
                 cells: Sequence[str] | None = None,
                 previous: Mapping[str, Decision] | None = None,
-                power: bool = True) -> LookResult:
+                power: bool = True, images: int | None = None) -> LookResult:
     """Decide the cells still undecided in ``previous`` on the first ``seeds_at(look)``
-    seeds, at ``alpha / n_looks`` (see the module docstring).
+    seeds, with alpha spent over the looks (see the module docstring).
 
     ``values``: cell -> seed -> value (seeds past the look are ignored). ``cells``: the
     non-reference cells (default: every cell of ``values`` but the reference).
@@ -152,12 +181,13 @@ def decide_look(values: Values, reference: str, look: int, schedule: Schedule, *
     """
     return decide_looks([values], reference, look, schedule, alpha=alpha, margin=margin,
                         maximize=maximize, cells=cells, previous=[previous],
-                        power=power)[0]
+                        power=power, images=images)[0]
 
 
 def replay_many(studies: Sequence[Values], reference: str, schedule: Schedule, *,
                 alpha: float, margin: float | None, maximize: bool, look: int | None = None,
-                cells: Sequence[str] | None = None, power: bool = True) -> list[LookResult]:
+                cells: Sequence[str] | None = None, power: bool = True,
+                images: int | None = None) -> list[LookResult]:
     """:func:`replay` of several studies (batched looks)."""
     last = schedule.n_looks if look is None else min(look, schedule.n_looks)
     results: list[LookResult | None] = [None] * len(studies)
@@ -170,7 +200,7 @@ def replay_many(studies: Sequence[Values], reference: str, schedule: Schedule, *
         found = decide_looks([studies[i] for i in ahead], reference, k, schedule,
                              alpha=alpha, margin=margin, maximize=maximize, cells=cells,
                              previous=[r.cells if (r := results[i]) else None for i in ahead],
-                             power=power)
+                             power=power, images=images)
         for i, result in zip(ahead, found, strict=True):
             results[i] = result
         running = [i for i in ahead if results[i].undecided]  # type: ignore[union-attr]
@@ -185,14 +215,16 @@ def _reached(values: Values, reference: str, schedule: Schedule) -> int:
 
 def replay(values: Values, reference: str, schedule: Schedule, *, alpha: float,
            margin: float | None, maximize: bool, look: int | None = None,
-           cells: Sequence[str] | None = None, power: bool = True) -> LookResult:
+           cells: Sequence[str] | None = None, power: bool = True,
+           images: int | None = None) -> LookResult:
     """Decisions after looks 1 .. ``look`` from the stored values, as the study took them.
 
     ``look`` defaults to the last look the reference's seeds reach. Stops early once every
     cell is decided (the result's ``look`` says where).
     """
     return replay_many([values], reference, schedule, alpha=alpha, margin=margin,
-                       maximize=maximize, look=look, cells=cells, power=power)[0]
+                       maximize=maximize, look=look, cells=cells, power=power,
+                       images=images)[0]
 
 
 def next_seeds(result: LookResult) -> dict[str, list[int]]:

@@ -14,19 +14,19 @@ from typing import Any
 from gct_ablate.errors import SpecError
 from gct_ablate.spec import StudySpec, cell_id
 from gct_ablate.stats._anova import FactorialAnova, factorial_anova
-from gct_ablate.stats._compare import SeedKey
+from gct_ablate.stats._compare import POOLED, SeedKey
+from gct_ablate.stats._counts import infer_images, snap
 from gct_ablate.stats._decide import Decision, decide_family, pooled_sds
 from gct_ablate.stats._describe import describe, mean_of_means_ci
+from gct_ablate.stats._headline import conclusion, headline
 from gct_ablate.stats._importance import importance as _importance
 from gct_ablate.stats._records import (
     ALPHA,
     BETTER,
     CONFIDENCE,
-    EQUIVALENT,
-    INCONCLUSIVE,
+    PERCENT_METRICS,
     POWER,
     REFERENCE,
-    VERDICTS,
     WORSE,
     StudyResults,
     TrialRecord,
@@ -105,11 +105,38 @@ def _apply(c: CellStats, d: Decision, adaptive: bool) -> None:
     cmp = d.comparison
     c.verdict, c.test, c.n_test, c.delta = d.verdict, cmp.test, cmp.n, cmp.delta
     c.ci = None if cmp.ci_low is None or cmp.ci_high is None else [cmp.ci_low, cmp.ci_high]
+    c.ci_simultaneous = None if d.ci_simultaneous is None else list(d.ci_simultaneous)
+    c.test_df, c.sd, c.cell_sd, c.test_note = cmp.df, cmp.sd, cmp.cell_sd, cmp.note
     c.p_value, c.p_adjusted = cmp.p_value, d.p_adjusted
     c.p_equivalence, c.p_equivalence_adjusted = cmp.p_equivalence, d.p_equivalence_adjusted
     c.significant = d.significant if cmp.p_value is not None else None
-    c.mdd, c.seeds_needed = d.mdd, d.seeds_needed
+    c.mdd, c.mdd_upper, c.seeds_needed = d.mdd, d.mdd_upper, d.seeds_needed
+    c.power_note = d.power_note
     c.look = d.look if adaptive else None
+
+
+def _images(metric: str, runs: list[TrialRecord]) -> int | None:
+    """Validation images behind a count metric: the trials' ``val_images``, else the
+    smallest N that makes every value a multiple of 1 / N; None for other metrics."""
+    if metric not in PERCENT_METRICS:
+        return None
+    stored = _first_metric(runs, "val_images")
+    if stored:
+        return stored
+    return infer_images([r.value for r in runs if r.value is not None])
+
+
+def _block(decisions: dict[str, Decision]) -> dict[str, Any] | None:
+    """The pooled model's figures for the JSON (None when no cell was pooled)."""
+    pooled = [d.comparison for d in decisions.values() if d.comparison.test == POOLED]
+    if not pooled:
+        return None
+    first = pooled[0]
+    screened = [c for c, d in decisions.items()
+                if d.comparison.note and "residual variance" in d.comparison.note]
+    return {"test": POOLED, "seeds": first.n, "cells": len(pooled) + len(screened) + 1,
+            "pooled_cells": len(pooled), "sd": first.sd, "df": first.df,
+            "screened_out": screened}
 
 
 def study_values(results: StudyResults) -> dict[str, dict[SeedKey, float]]:
@@ -154,9 +181,10 @@ def decide_study(results: StudyResults, schedule: Schedule, *, alpha: float = AL
     grid = _grid(spec, vary, {n: [str(x) for x in spec.get("levels", {}).get(n, [])]
                               for n in vary})
     names = [c for c in _all_cells(results, grid) if c != results.reference_cell]
+    images = _images(str(spec.get("metric", "val_top1")), _usable(results.trials)[0])
     return replay(study_values(results), results.reference_cell, schedule, alpha=alpha,
                   margin=_margin(results, margin), maximize=results.maximize, cells=names,
-                  look=_reached_look(results, schedule))
+                  look=_reached_look(results, schedule), images=images)
 
 
 def summarize(results: StudyResults, alpha: float = ALPHA, importance: bool = True,
@@ -186,24 +214,26 @@ def summarize(results: StudyResults, alpha: float = ALPHA, importance: bool = Tr
     extra = [c for c in _all_cells(results, grid) if c not in grid]
     ref = results.reference_cell
     cells = [_cell_stats(c, by_cell[c], all_by_cell[c], ref, c in grid) for c in grid + extra]
-    values = {c.cell: {_seed_key(r): r.value for r in by_cell[c.cell] if r.value is not None}
-              for c in cells}
+    images = _images(metric, runs)
+    values = snap({c.cell: {_seed_key(r): r.value for r in by_cell[c.cell]
+                            if r.value is not None} for c in cells}, images)
     others = [c for c in cells if not c.is_reference]
     names = [c.cell for c in others]
     look = alpha_level = None
     if schedule is not None:
         found = replay(values, ref, schedule, alpha=alpha, margin=margin_value,
                        maximize=results.maximize, cells=names,
-                       look=_reached_look(results, schedule))
+                       look=_reached_look(results, schedule), images=images)
         decisions, look, alpha_level = found.cells, found.look, found.alpha_look
     else:
         decisions = decide_family(values, ref, names, alpha=alpha, margin=margin_value,
-                                  maximize=results.maximize)
+                                  maximize=results.maximize, images=images)
     for c in others:
         _apply(c, decisions[c.cell], schedule is not None)
     level = alpha if alpha_level is None else alpha_level
     m = sum(c.p_value is not None for c in others)
     paired_sd, within_sd = pooled_sds(values, {c: d.comparison for c, d in decisions.items()})
+    block = _block(decisions)
 
     design = str(spec.get("design", "full"))
     runs_in_grid = [(_levels(r.cell), _seed_key(r), r.value) for r in runs
@@ -228,12 +258,15 @@ def summarize(results: StudyResults, alpha: float = ALPHA, importance: bool = Tr
         fingerprint=results.fingerprint, tracking=dict(results.tracking),
         margin=margin_value, power=POWER, alpha_power=level / max(1, m), design=design,
         anova=anova.terms, anova_formula=_readable(anova.formula),
-        pooled_sd={"paired": paired_sd, "within": within_sd},
+        pooled_sd={"pooled": block["sd"] if block else None, "paired": paired_sd,
+                   "within": within_sd},
         schedule=schedule.to_dict() if schedule else None, look=look,
-        alpha_look=alpha_level,
+        alpha_look=alpha_level, images=images, block=block,
     )
     summary.notes = _notes(summary, anova, dupes, bad, extra, schedule)
+    summary.notes += _lost_reference_seeds(results, values.get(ref, {}))
     summary.conclusion = conclusion(summary)
+    summary.headline = headline(summary)
     return summary
 
 
@@ -287,13 +320,22 @@ def _notes(s: Summary, anova: FactorialAnova, dupes: int, bad: int, extra: list[
     if s.margin is None and others:
         notes.append(f"no margin for {s.metric}: pass --margin (in {s.metric} units) to test "
                      "equivalence and to plan seeds")
-    undefined = [c.cell for c in others if c.test not in ("", "none") and c.p_value is None]
-    if undefined:
-        notes.append("t undefined (zero variance, different means): "
-                     + ", ".join(repr(c) for c in undefined))
-    small = [c.cell for c in others if c.verdict == EQUIVALENT and c.significant]
+    exact = [c.cell for c in others if c.test in ("exact sign", "exact permutation")]
+    if exact:
+        notes.append("differences that do not vary (no t): exact sign / permutation test, "
+                     "no interval: " + ", ".join(repr(c) for c in exact))
+    screened = [c.cell for c in others if c.test_note and "residual variance" in c.test_note]
+    if screened:
+        notes.append("residual variance unlike the other cells' (F test p < 0.1): own test "
+                     "instead of the pooled one: " + ", ".join(repr(c) for c in screened))
+    few = [c.cell for c in others if c.tested_below_three]
+    if few:
+        notes.append("fewer than 3 shared seeds: tested, never decided: "
+                     + ", ".join(repr(c) for c in few))
+    small = [c.cell for c in others if c.verdict in (BETTER, WORSE)
+             and c.p_equivalence_adjusted is not None and c.p_equivalence_adjusted < s.alpha]
     if small:
-        notes.append("a real difference smaller than the margin (equivalent): "
+        notes.append("a real difference smaller than the margin (also equivalent): "
                      + ", ".join(repr(c) for c in small))
     if schedule is None and ref is not None:
         partial = [c.cell for c in others
@@ -305,37 +347,23 @@ def _notes(s: Summary, anova: FactorialAnova, dupes: int, bad: int, extra: list[
     if welch and any(c.test == "paired t" for c in others):
         notes.append(f"{welch} cell(s) share fewer than 2 seeds with the reference: Welch t")
     if schedule is not None:
+        tested = schedule.tested_looks
         notes.append(f"adaptive seeds {'/'.join(map(str, schedule.looks))}: look {s.look} of "
-                     f"{schedule.n_looks}, each at alpha / {schedule.n_looks} "
-                     f"= {s.alpha_look:.3g} (Bonferroni over the planned looks)")
+                     f"{schedule.n_looks}; alpha {s.alpha} spent over the {len(tested)} looks "
+                     f"with >= 3 seeds (O'Brien-Fleming type), this look's raw tests at "
+                     f"{s.alpha_look or 0:.3g}")
     notes += anova.notes
     if extra:
         notes.append(f"trials outside the spec's grid: {', '.join(repr(c) for c in extra)}")
     return notes
 
 
-def conclusion(s: Summary) -> str:
-    """One line: what the study can detect with its seeds, and what it would need."""
-    others = [c for c in s.cells if not c.is_reference]
-    if not others:
-        return "A single cell: nothing to compare."
-    tested = [c for c in others if c.mdd is not None]
-    counts = Counter(c.verdict for c in others)
-    tally = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
-    if not tested:
-        return f"Nothing can be concluded yet ({tally}): a cell needs >= 2 runs and a spread."
-    n = Counter(c.n_test for c in tested).most_common(1)[0][0]
-    typical = max((c for c in tested if c.n_test == n), key=lambda c: c.mdd or 0.0)
-    unit = "points" if s.percent else s.metric
-    line = (f"With {n} seeds per cell this study detects differences >= "
-            f"{s.points(typical.mdd)} {unit} ({s.power:.0%} power, alpha {s.alpha_power:.2g})")
-    if s.margin is not None and typical.seeds_needed is not None:
-        if typical.mdd is not None and typical.mdd <= s.margin:
-            line += f", within the margin {s.points(s.margin)}"
-        else:
-            line += (f"; {typical.seeds_needed} seeds per cell would detect the margin "
-                     f"{s.points(s.margin)}")
-    decided = counts[BETTER] + counts[WORSE] + counts[EQUIVALENT]
-    if counts[INCONCLUSIVE] and not decided:
-        line += ". No cell is decided: inconclusive is not 'no difference'"
-    return f"{line} ({tally})."
+def _lost_reference_seeds(results: StudyResults, kept: dict[SeedKey, float]) -> list[str]:
+    """A note naming the reference's seeds without a usable run (they shrink every test)."""
+    tried = {t.seed: t.state for t in results.trials
+             if t.cell == results.reference_cell and t.seed is not None}
+    lost = sorted(seed for seed in tried if seed not in kept)
+    if not lost:
+        return []
+    return ["reference seed(s) without a usable run, left out of every comparison: "
+            + ", ".join(f"{seed} ({tried[seed].lower()})" for seed in lost)]
