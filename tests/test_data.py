@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -308,6 +309,45 @@ def test_mnist_from_a_data_dir(tmp_path: Path, layout: str) -> None:
     raw = torch.tensor(arrays["t10k"], dtype=torch.float32)
     corr = np.corrcoef(raw.flatten(), data.normalized("val").flatten())[0, 1]
     assert corr == pytest.approx(1.0, abs=1e-6)
+
+
+def _mapped_files(tensor: torch.Tensor) -> set[str]:
+    """The files whose mapping in this process holds ``tensor``'s memory."""
+    ptr = tensor.untyped_storage().data_ptr()
+    found = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            low, high = (int(v, 16) for v in fields[0].split("-"))
+            if low <= ptr < high and len(fields) >= 6:
+                found.add(fields[5])
+    return found
+
+
+def test_idx_arrays_are_one_mapped_cache_file_per_node(tmp_path: Path, monkeypatch) -> None:
+    """The first load writes the uint8 arrays to the cache folder; every process maps that
+    file (one copy in the page cache) and a subset copies only its own images."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("GCT_ABLATE_CACHE", str(tmp_path / "cache"))
+    _write_mnist(tmp_path / "data", n_train=50, n_test=30)
+    data = load_dataset("mnist", data_dir=str(tmp_path / "data"))
+    files = sorted((tmp_path / "cache" / "arrays").glob("mnist-*/train_x.npy"))
+    assert len(files) == 1 and _mapped_files(data.train_x) == {str(files[0])}
+    assert data.train_x.dtype == torch.uint8 and data.train_x.shape == (50, 1, 10, 10)
+    small = load_dataset("mnist", data_dir=str(tmp_path / "data"), train_size=20)
+    assert small.train_x.shape[0] == 20 and not _mapped_files(small.train_x) & {str(files[0])}
+    stamp = files[0].stat().st_mtime_ns
+    code = ("import torch; from gct_ablate.data import load_dataset; "
+            f"d = load_dataset('mnist', data_dir={str(tmp_path / 'data')!r}); "
+            "print(d.train_x.float().sum().item())")
+    env = {**os.environ, "GCT_ABLATE_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert float(out.stdout.split()[-1]) == data.train_x.float().sum().item()
+    assert sorted((tmp_path / "cache" / "arrays").glob("mnist-*/train_x.npy")) == files
+    assert files[0].stat().st_mtime_ns == stamp  # read, not written again
 
 
 def test_idx_dataset_errors(tmp_path: Path) -> None:
