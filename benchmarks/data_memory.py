@@ -91,6 +91,8 @@ def child(options: dict, wait: bool) -> None:
     print(json.dumps({"base": base * 1024, "data_peak": (data_peak - base) * 1024,
                       "train_peak": (_status_kib("VmHWM") - base) * 1024, "uint8": held,
                       "dtype": str(data.train_x.dtype), **_mapped()}), flush=True)
+    if wait:
+        sys.stdin.readline()  # alive until every worker has measured
 
 
 def _spawn(options: dict, wait: bool = False) -> subprocess.Popen:
@@ -128,14 +130,22 @@ def shared() -> None:
     procs = [_spawn({"name": "fashion-mnist"}, wait=True) for _ in range(2)]
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    results = []
     for p in procs:
-        out, _ = p.communicate("go\n")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    print("\nTwo workers holding Fashion-MNIST (all, 54.9 MB as uint8) at the same time:")
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = [json.loads(p.stdout.readline()) for p in procs if p.stdout is not None]
+    for p in procs:
+        p.communicate("done\n")
+    print("\nTwo workers holding Fashion-MNIST (all, 54.9 MB as uint8) at the same time "
+          "(PSS: each one's share of the pages it maps):")
     for i, r in enumerate(results, 1):
         print(f"  worker {i}: cache file mapped RSS {r['rss'] / MIB:6.1f} MiB, PSS "
-              f"{r['pss'] / MIB:6.1f} MiB (its share of the one copy)")
+              f"{r['pss'] / MIB:6.1f} MiB")
+    total = sum(r["pss"] for r in results)
+    copies = total / results[0]["rss"]
+    print(f"  together: {total / MIB:.1f} MiB of PSS for {results[0]['rss'] / MIB:.1f} MiB "
+          f"mapped in each: {copies:.2f} copies")
 
 
 def _time_v(cmd: list[str]) -> float:
@@ -173,8 +183,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child), args.wait)
-    from gct_ablate.data import load_dataset
-
     with tempfile.TemporaryDirectory() as tmp:
         fixture = write_cifar_fixture(Path(tmp), args.cifar_images)
         cases = {
@@ -185,8 +193,10 @@ def main() -> None:
             f"cifar10 fixture ({args.cifar_images})": {"name": "cifar10",
                                                        "data_dir": str(fixture)},
         }
-        for options in cases.values():  # the cache files, made once per node
-            load_dataset(**options)
+        subprocess.run([sys.executable, "-c", "import json, sys\n"  # the cache files, made
+                        "from gct_ablate.data import load_dataset\n"  # once per node, by a
+                        "for o in json.loads(sys.argv[1]): load_dataset(**o)",  # process apart
+                        json.dumps(list(cases.values()))], check=True)
         print(f"Per worker (pid {os.getpid()}'s children; MiB; peaks above the imports):")
         print(f"  {'data':28s} {'held':>8s} {'dtype':>6s} {'imports':>8s} {'+load+batches':>14s}"
               f" {'+3 steps':>9s} {'mapped':>7s}")

@@ -184,7 +184,7 @@ def run_trial(
                                       seed), cfg)
         state.load()
     saved = state.loaded if state is not None else None
-    run_id = _continued_run(tracker, saved, trial.number)
+    run_id = _continued_run(tracker, saved, trial.number, study.user_attrs["mlflow_experiment_id"])
     if run_id is None:
         run_id = tracker.start_trial(
             study.user_attrs["mlflow_experiment_id"], study.user_attrs["mlflow_parent_run_id"],
@@ -257,13 +257,17 @@ def run_trial(
     study.tell(trial, metrics[spec.metric])
 
 
-def _continued_run(tracker: Tracker, saved: dict[str, Any] | None, number: int) -> str | None:
+def _continued_run(tracker: Tracker, saved: dict[str, Any] | None, number: int,
+                   experiment_id: str) -> str | None:
     """The MLflow run of the killed trial whose state ``saved`` is, marked running again
-    (None when there is none, or it is gone: the trial then gets a run of its own)."""
+    (None when there is none, or it is gone or of another experiment: the trial then gets
+    a run of its own)."""
     run_id = saved.get("run_id") if saved else None
     if not run_id:
         return None
     try:
+        if tracker.client.get_run(run_id).info.experiment_id != experiment_id:
+            return None
         tracker.client.update_run(run_id, status="RUNNING")
     except Exception:  # deleted, or another tracking store: start a new run
         return None
