@@ -9,6 +9,9 @@ Targets: GCT <= 1.5x plain, GCT recompute <= 1.15x plain; the speed cost of reco
 timed side by side.
 
     python -m benchmarks.memory [--threads 1] [--rounds 7]
+    python -m benchmarks.memory --data [options of benchmarks/data_memory.py]
+
+``--data``: the host memory of the data per worker instead (:mod:`benchmarks.data_memory`).
 """
 
 from __future__ import annotations
@@ -75,6 +78,11 @@ def rss_growth(variant: str) -> int:
 
 
 def main() -> None:
+    if "--data" in sys.argv[1:]:
+        sys.argv.remove("--data")
+        from benchmarks.data_memory import main as data_main
+
+        return data_main()
     parser = arg_parser(__doc__.splitlines()[0], rounds=7, threads="1")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -238,7 +238,8 @@ FACTORS: dict[str, Factor] = {
            "learning-rate schedule after warm-up: cosine or step (x0.1 at 50% and 75%)",
            group="training", choices=SCHEDULES),
         _f("warmup_epochs", _number("warmup_epochs", int, 0, False), ("1",), "1",
-           "epochs of linear warm-up from 0.1 x lr", group="training"),
+           "epochs of linear warm-up from 0.1 x lr (a run of at most that many epochs warms up "
+           "over its first fifth)", group="training"),
         _f("training", _choice("training", TRAININGS), TRAININGS, "scratch",
            "scratch (random init), or fine-tuning the init_from backbone with attention added "
            "at identity: finetune-joint (all parameters) or finetune-staged (gct_epochs of "

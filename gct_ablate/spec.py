@@ -66,6 +66,9 @@ class TrialConfig:
     compile: bool = False
     recompute: bool = False  # GCT recomputes the gated tensor in backward
     save_model: bool | None = None  # None: save when the model has < 5 M parameters
+    checkpoint_every: int | str = "auto"  # epochs between saved states; "auto": by time; 0: never
+    checkpoint_dir: str | None = None  # where a study's trial states go (default OUT/checkpoints)
+    keep_checkpoints: bool = False  # keep a trial's state after it completes
 
     def __post_init__(self) -> None:
         for name in FACTORS:
@@ -82,6 +85,14 @@ class TrialConfig:
             raise SpecError(f"invalid memory_budget_gb {self.memory_budget_gb}; must be > 0")
         if self.loader_workers is not None and self.loader_workers < 0:
             raise SpecError(f"invalid loader_workers {self.loader_workers}; must be >= 0")
+        every = self.checkpoint_every
+        if isinstance(every, str) and every.strip().isdigit():
+            every = int(every)
+            object.__setattr__(self, "checkpoint_every", every)
+        if every not in ("auto", "none") and (isinstance(every, bool) or not isinstance(every, int)
+                                              or every < 0):
+            raise SpecError(f"invalid checkpoint_every {every!r}; valid: auto, none, or a "
+                            "number of epochs (0: never)")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise SpecError(f"invalid amp {self.amp!r}; valid: auto, bf16, fp16, none")
 

@@ -23,6 +23,7 @@ from gct_ablate._util import raise_pending
 from gct_ablate.data import Data
 from gct_ablate.gct import GCT, _kernel
 from gct_ablate.models import attention_modules, build_trial, count_parameters
+from gct_ablate.resume import TrainingState, rng_state, set_rng_state
 from gct_ablate.spec import TrialConfig
 
 Report = Callable[[int, dict[str, float]], None]
@@ -70,9 +71,12 @@ def param_groups(model: nn.Module, weight_decay: float, beta_decay: bool) -> lis
 def lr_factor(step: int, steps_per_epoch: int, cfg: TrialConfig, epochs: int | None = None
               ) -> float:
     """Linear warm-up from 0.1 x lr, then cosine to 0 or step decay x0.1 at 50% and 75%,
-    over ``epochs`` (default ``cfg.epochs``; a training stage passes its own)."""
-    warm = cfg.warmup_epochs * steps_per_epoch
+    over ``epochs`` (default ``cfg.epochs``; a training stage passes its own). A run of at
+    most ``warmup_epochs`` warms up over its first fifth only."""
     total = (cfg.epochs if epochs is None else epochs) * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if warm >= total:  # a run no longer than its warm-up: warm up over its first fifth
+        warm = total // 5
     if step < warm:
         return 0.1 + 0.9 * step / warm
     progress = (step - warm) / max(1, total - warm)
@@ -120,6 +124,7 @@ def train_eval(
     on_end: OnEnd | None = None,
     on_stage: OnStage | None = None,
     tracking_uri: str | None = None,
+    state: TrainingState | None = None,
 ) -> dict[str, Any]:
     """Train one configuration and return its final metrics.
 
@@ -131,24 +136,31 @@ def train_eval(
     ``val_top1_step0`` (``val_loss_step0``) and, for finetune-staged, ``val_top1_after_gct``.
     ``tracking_uri`` is where an MLflow run id in ``init_from`` is looked up.
     ``cfg.threads`` applies while it runs; the caller's thread count is restored after.
+    ``state``: the trial's saved state (:mod:`gct_ablate.resume`): a run resumes after the
+    epoch it loaded (``result['resumed_from']``) and saves when it is due; ``report`` is
+    called for the epochs after it only.
     """
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train_eval(cfg, report, on_end, on_stage, tracking_uri)
+        return _train_eval(cfg, report, on_end, on_stage, tracking_uri, state)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None,
-                on_stage: OnStage | None, tracking_uri: str | None) -> dict[str, Any]:
+                on_stage: OnStage | None, tracking_uri: str | None,
+                state: TrainingState | None) -> dict[str, Any]:
     start = time.perf_counter()
     stages = finetune.training_stages(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model, data = build_trial(cfg, device)
-    if cfg.training != "scratch":
+    saved = state.loaded if state is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+    elif cfg.training != "scratch":
         finetune.load_backbone(model, cfg, data.num_classes, tracking_uri)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     if channels_last:
@@ -167,14 +179,22 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None,
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     steps_per_epoch = data.num_batches("train", cfg.batch_size)
     staged: dict[str, float] = {}
-    if cfg.training != "scratch":
+    if cfg.training != "scratch" and saved is None:
         staged = _stage_end(on_stage, "init", 0, evaluate(model, data, cfg.batch_size, autocast))
     generator = data.generator(cfg.seed)
     metrics: dict[str, Any] = {"val_loss": math.nan, "val_top1": 0.0, "val_top5": 0.0}
     status, epochs_done, train_loss = "ok", 0, math.nan
-    for epoch in range(1, cfg.epochs + 1):
+    history: list[dict[str, float]] = []  # each epoch's metrics and its "epoch"
+    if saved is not None:
+        epochs_done, metrics, staged = saved["epoch"], saved["metrics"], saved["staged"]
+        history = list(saved["history"])
+        train_loss = saved["train_loss"]
+        set_rng_state(generator, saved["rng"])
+        scaler.load_state_dict(saved["scaler"])
+    first = epochs_done + 1
+    for epoch in range(first, cfg.epochs + 1):
         stage = finetune.stage_at(stages, epoch)
-        if epoch == stage.first_epoch:  # its trainable parameters, optimizer and schedule
+        if epoch in (stage.first_epoch, first):  # its trainable parameters, optimizer, schedule
             stage.set_trainable(model)
             optimizer = torch.optim.SGD(
                 param_groups(model, cfg.weight_decay, cfg.beta_decay),
@@ -183,6 +203,9 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None,
             scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda step, n=stage.epochs: lr_factor(step, steps_per_epoch, cfg, n)
             )
+            if saved is not None and stage.first_epoch < epoch == first:  # mid-stage
+                optimizer.load_state_dict(saved["optimizer"])
+                scheduler.load_state_dict(saved["scheduler"])
         stage.train_mode(step_model)
         loss_sum = torch.zeros((), device=device)
         count = 0
@@ -209,10 +232,16 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None,
         metrics = evaluate(model, data, cfg.batch_size, autocast)
         epochs_done = epoch
         epoch_metrics = {"train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0]}
+        history.append({**epoch_metrics, "epoch": epoch})
         if report is not None:
             report(epoch, epoch_metrics)
         if cfg.training != "scratch" and epoch == stage.last_epoch:
             staged.update(_stage_end(on_stage, stage.name, epoch, metrics))
+        if state is not None and state.due(epoch, cfg.epochs):
+            state.save({"epoch": epoch, "metrics": metrics, "staged": staged, "history": history,
+                        "train_loss": train_loss, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                        "scheduler": scheduler.state_dict(), "rng": rng_state(generator)})
     finetune.train_all(model)
     result: dict[str, Any] = {
         **metrics,
@@ -227,6 +256,8 @@ def _train_eval(cfg: TrialConfig, report: Report | None, on_end: OnEnd | None,
         "device": str(device),
         "gct_impl": gct_implementation(cfg, device),
     }
+    if saved is not None:
+        result["resumed_from"] = saved["epoch"]
     if on_end is not None and status == "ok":
         result.update(on_end(model, data, device) or {})
     result["seconds"] = time.perf_counter() - start

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from gct_ablate._util import mask_url, raise_pending, stop_signals
 from gct_ablate.errors import UsageError
 from gct_ablate.grid import distributions, spec_from_attrs
 from gct_ablate.recovery import fail_and_requeue, owner, reap_dead_trials, requeue
+from gct_ablate.resume import TrainingState, state_dir, state_path
 from gct_ablate.spec import Cell, StudySpec, TrialConfig, cell_id, parse_cell_id
 from gct_ablate.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, load_study, open_storage
 from gct_ablate.tracking import Tracker
@@ -129,7 +131,7 @@ def _run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | Non
             break
         with _heartbeat(study, trial_id):  # from the pop on: a trial never beaten is never stale
             try:
-                run_trial(study, trial_id, spec, tracker, on_event)
+                run_trial(study, trial_id, spec, tracker, on_event, out_dir=opts.out_dir)
             except (KeyboardInterrupt, Interrupted, Exception) as err:  # outside training
                 reason = (f"interrupted ({err or 'Ctrl-C'})" if not isinstance(err, Exception)
                           else f"worker error: {type(err).__name__}: {err}"[:1000])
@@ -158,8 +160,14 @@ def run_trial(
     spec: StudySpec,
     tracker: Tracker,
     on_event: Callable[[str, dict], None] | None = None,
+    *,
+    out_dir: str | None = None,
 ) -> None:
-    """Run one popped trial to a terminal state (COMPLETE, PRUNED or FAIL)."""
+    """Run one popped trial to a terminal state (COMPLETE, PRUNED or FAIL).
+
+    With ``out_dir``, its training state is saved per epoch (:mod:`gct_ablate.resume`) and
+    a trial whose cell x seed has a saved state resumes from it, continuing its MLflow run.
+    """
     trial = optuna.Trial(study, trial_id)
     for key, value in owner().items():
         trial.set_user_attr(key, value)
@@ -170,20 +178,38 @@ def run_trial(
     cfg = spec.config(cell, seed)
     device = device_label(cfg.device)
     trial.set_user_attr("device", device)
-    parent = study.user_attrs["mlflow_parent_run_id"]
-    run_id = tracker.start_trial(
-        study.user_attrs["mlflow_experiment_id"], parent, cell=cell_id(cell), seed=seed,
-        trial_number=trial.number, params={**cfg.factor_levels(), "seed": seed},
-        tags={"device": device},
-    )
+    state = None
+    if out_dir is not None:
+        state = TrainingState(state_path(state_dir(out_dir, cfg), study.study_name, cell_id(cell),
+                                      seed), cfg)
+        state.load()
+    saved = state.loaded if state is not None else None
+    run_id = _continued_run(tracker, saved, trial.number, study.user_attrs["mlflow_experiment_id"])
+    if run_id is None:
+        run_id = tracker.start_trial(
+            study.user_attrs["mlflow_experiment_id"], study.user_attrs["mlflow_parent_run_id"],
+            cell=cell_id(cell), seed=seed, trial_number=trial.number,
+            params={**cfg.factor_levels(), "seed": seed}, tags={"device": device},
+        )
     trial.set_user_attr("mlflow_run_id", run_id)
     if on_event:
         on_event("start", {"number": trial.number, "cell": cell_id(cell), "seed": seed})
+    done_steps: set[int] = set()  # epochs the continued run has logged already
+    if state is not None:
+        state.extra["run_id"] = run_id
+        if saved is not None:
+            done_steps = _resume_history(trial, tracker, run_id, saved, spec.metric)
+            print(f"gct-ablate: trial {trial.number} ({cell_id(cell) or 'single'}, seed {seed}) "
+                  f"resumed at epoch {saved['epoch'] + 1} from {state.path}", file=sys.stderr,
+                  flush=True)
+            if on_event:
+                on_event("resume", {"number": trial.number, "epoch": saved["epoch"]})
 
     logged: dict[str, Any] = {}  # what the last report logged, and at which step
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
-        tracker.log_metrics(run_id, metrics, step=epoch)
+        if epoch not in done_steps:
+            tracker.log_metrics(run_id, metrics, step=epoch)
         logged.clear()
         logged.update(metrics, _step=epoch)
         trial.report(metrics[spec.metric], epoch)
@@ -198,8 +224,10 @@ def run_trial(
     from gct_ablate.train import train_eval
 
     try:
-        metrics = train_eval(cfg, report, on_end=on_end, tracking_uri=tracker.uri)
+        metrics = train_eval(cfg, report, on_end=on_end, tracking_uri=tracker.uri, state=state)
     except optuna.TrialPruned as err:
+        if state is not None:
+            state.remove()
         trial.set_user_attr("status_reason", str(err))
         tracker.end_trial(run_id, "FINISHED", str(err))
         study.tell(trial, state=TrialState.PRUNED)
@@ -219,12 +247,49 @@ def run_trial(
     seen = logged if logged.get("_step") == step else {}
     tracker.log_metrics(run_id, {k: v for k, v in final.items() if seen.get(k) != v}, step=step)
     trial.set_user_attr("metrics", final)
+    if state is not None:  # finished (or diverged, which a rerun would repeat)
+        state.remove()
     if metrics["status"] != "ok":
         reason = f"{metrics['status']}: loss became NaN/inf after epoch {metrics['epochs_done']}"
         _fail(study, trial, tracker, run_id, reason, "FAILED")
         return
     tracker.end_trial(run_id, "FINISHED")
     study.tell(trial, metrics[spec.metric])
+
+
+def _continued_run(tracker: Tracker, saved: dict[str, Any] | None, number: int,
+                   experiment_id: str) -> str | None:
+    """The MLflow run of the killed trial whose state ``saved`` is, marked running again
+    (None when there is none, or it is gone or of another experiment: the trial then gets
+    a run of its own)."""
+    run_id = saved.get("run_id") if saved else None
+    if not run_id:
+        return None
+    try:
+        if tracker.client.get_run(run_id).info.experiment_id != experiment_id:
+            return None
+        tracker.client.update_run(run_id, status="RUNNING")
+    except Exception:  # deleted, or another tracking store: start a new run
+        return None
+    tracker.client.set_tag(run_id, "optuna_trial_number", str(number))
+    tracker.client.set_tag(run_id, "resumed_from_epoch", str(saved["epoch"]))
+    return run_id
+
+
+def _resume_history(trial: optuna.Trial, tracker: Tracker, run_id: str, saved: dict[str, Any],
+                    metric: str) -> set[int]:
+    """Give the resumed trial the epochs before its saved state: reported to Optuna, logged
+    to MLflow where the killed run had not; returns the epochs the run has logged."""
+    trial.set_user_attr("resumed_from_epoch", saved["epoch"])
+    logged = {m.step for m in tracker.client.get_metric_history(run_id, metric)}
+    for row in saved["history"]:
+        epoch = int(row["epoch"])
+        values = {k: v for k, v in row.items() if k != "epoch"}
+        trial.report(values[metric], epoch)
+        if epoch not in logged:
+            tracker.log_metrics(run_id, values, step=epoch)
+            logged.add(epoch)
+    return logged
 
 
 def device_label(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -38,10 +39,12 @@ def digits() -> Dataset:
 
 def test_digits_shapes_and_normalization(digits: Dataset) -> None:
     assert digits.train_x.shape == (1437, 1, 8, 8) and digits.val_x.shape == (360, 1, 8, 8)
-    assert digits.train_x.dtype == torch.float32 and digits.train_y.dtype == torch.int64
+    assert digits.train_x.dtype == torch.uint8 and digits.train_y.dtype == torch.int64
+    assert int(digits.train_x.max()) == 16  # its 17 grey levels, as stored
     assert (digits.num_classes, digits.in_channels, digits.image_size) == (10, 1, 8)
-    assert abs(digits.train_x.mean().item()) < 1e-5
-    assert digits.train_x.std().item() == pytest.approx(1.0, abs=1e-4)
+    seen = digits.normalized("train")  # what the network sees
+    assert seen.dtype == torch.float32 and abs(seen.mean().item()) < 1e-5
+    assert seen.std().item() == pytest.approx(1.0, abs=1e-4)
 
 
 def test_digits_are_scikit_learns_without_importing_it() -> None:
@@ -163,9 +166,9 @@ def test_dataset_augment_kinds(digits: Dataset) -> None:
     assert (digits.augment, digits.pad) == ("crop", 1)
     gen = torch.Generator().manual_seed(0)
     x, _ = next(digits.batches("train", 32, shuffle=False, generator=gen, augment=True))
-    assert x.shape == (32, 1, 8, 8) and not torch.equal(x, digits.train_x[:32])
+    assert x.shape == (32, 1, 8, 8) and not torch.equal(x, digits.normalized("train")[:32])
     x, _ = next(digits.batches("train", 32, shuffle=False, augment=False))
-    assert torch.equal(x, digits.train_x[:32])
+    assert torch.equal(x, digits.normalized("train")[:32])
 
 
 @pytest.mark.parametrize("name,title", [("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")])
@@ -195,7 +198,7 @@ def test_imagefolder_train_val(tmp_path: Path) -> None:
     assert data.classes == ("cat", "dog") and data.num_classes == 2
     assert data.train_x.shape == (5, 3, 8, 8) and data.val_x.shape == (3, 3, 8, 8)
     assert data.train_y.tolist() == [0, 0, 0, 1, 1] and data.val_y.tolist() == [0, 1, 1]
-    assert data.train_x.dtype == torch.float32 and data.augment == "crop-flip"
+    assert data.train_x.dtype == torch.uint8 and data.augment == "crop-flip"
 
 
 def test_imagefolder_single_folder_split(tmp_path: Path) -> None:
@@ -300,11 +303,51 @@ def test_mnist_from_a_data_dir(tmp_path: Path, layout: str) -> None:
     assert data.train_y.tolist() == [i % 10 for i in range(40)]
     assert (data.num_classes, data.in_channels, data.image_size) == (10, 1, 10)
     assert (data.augment, data.pad_mode) == ("crop", "replicate")  # translation, no flip
-    assert abs(data.train_x.mean().item()) < 1e-5
+    assert data.train_x.dtype == torch.uint8
+    assert abs(data.normalized("train").mean().item()) < 1e-5
     # normalized by the training mean / std: the order of the pixels is kept
     raw = torch.tensor(arrays["t10k"], dtype=torch.float32)
-    corr = np.corrcoef(raw.flatten(), data.val_x.flatten())[0, 1]
+    corr = np.corrcoef(raw.flatten(), data.normalized("val").flatten())[0, 1]
     assert corr == pytest.approx(1.0, abs=1e-6)
+
+
+def _mapped_files(tensor: torch.Tensor) -> set[str]:
+    """The files whose mapping in this process holds ``tensor``'s memory."""
+    ptr = tensor.untyped_storage().data_ptr()
+    found = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            low, high = (int(v, 16) for v in fields[0].split("-"))
+            if low <= ptr < high and len(fields) >= 6:
+                found.add(fields[5])
+    return found
+
+
+def test_idx_arrays_are_one_mapped_cache_file_per_node(tmp_path: Path, monkeypatch) -> None:
+    """The first load writes the uint8 arrays to the cache folder; every process maps that
+    file (one copy in the page cache) and a subset copies only its own images."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("GCT_ABLATE_CACHE", str(tmp_path / "cache"))
+    _write_mnist(tmp_path / "data", n_train=50, n_test=30)
+    data = load_dataset("mnist", data_dir=str(tmp_path / "data"))
+    files = sorted((tmp_path / "cache" / "arrays").glob("mnist-*/train_x.npy"))
+    assert len(files) == 1 and _mapped_files(data.train_x) == {str(files[0])}
+    assert data.train_x.dtype == torch.uint8 and data.train_x.shape == (50, 1, 10, 10)
+    small = load_dataset("mnist", data_dir=str(tmp_path / "data"), train_size=20)
+    assert small.train_x.shape[0] == 20 and not _mapped_files(small.train_x) & {str(files[0])}
+    stamp = files[0].stat().st_mtime_ns
+    code = ("import torch; from gct_ablate.data import load_dataset; "
+            f"d = load_dataset('mnist', data_dir={str(tmp_path / 'data')!r}); "
+            "print(d.train_x.float().sum().item())")
+    env = {**os.environ, "GCT_ABLATE_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert float(out.stdout.split()[-1]) == data.train_x.float().sum().item()
+    assert sorted((tmp_path / "cache" / "arrays").glob("mnist-*/train_x.npy")) == files
+    assert files[0].stat().st_mtime_ns == stamp  # read, not written again
 
 
 def test_idx_dataset_errors(tmp_path: Path) -> None:
@@ -473,9 +516,10 @@ def test_cifar_folder_loads_through_torchvision(tmp_path: Path, name: str) -> No
     assert data.num_classes == (10 if name == "cifar10" else 100)
     assert data.classes[1] == ("c1" if name == "cifar10" else "f1")
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in CIFAR_STATS[name])
-    for x, rows in ((data.train_x, train_rows), (data.val_x, test_rows)):
-        pixels = ((x * std + mean) * 255).round().to(torch.uint8)
-        assert torch.equal(pixels, torch.from_numpy(rows).view(-1, 3, 32, 32))
+    for split, x, rows in (("train", data.train_x, train_rows), ("val", data.val_x, test_rows)):
+        assert torch.equal(x, torch.from_numpy(rows).view(-1, 3, 32, 32))  # as stored
+        seen = (data.normalized(split) * std + mean) * 255
+        torch.testing.assert_close(seen, x.float(), rtol=0, atol=1e-3)
 
 
 def test_corrupt_cifar_is_a_one_line_error(tmp_path: Path) -> None:

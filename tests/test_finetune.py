@@ -81,7 +81,8 @@ def test_attention_at_identity_keeps_the_loaded_networks_logits(backbone, placem
     assert load_backbone(model, cfg, 10) == str(path)
     plain.eval(), model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(data.val_x), plain(data.val_x), rtol=0, atol=1e-5)
+        x = data.normalized("val")
+        torch.testing.assert_close(model(x), plain(x), rtol=0, atol=1e-5)
     assert evaluate(model, data, 256) == evaluate(plain, data, 256)
 
 

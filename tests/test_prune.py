@@ -177,15 +177,15 @@ def test_folding_a_module_whose_gamma_is_zero_keeps_the_outputs(trained) -> None
         for i in (0, 5, 20):
             beta = gct_sites(model)[i].module.beta
             beta.add_(0.5 * torch.randn(beta.shape, generator=g))
-    before = _logits(model, data.val_x)
+    before = _logits(model, data.normalized("val"))
     for i in (0, 5, 20):
         with modules_removed(model, [i], "fold"):
-            folded = _logits(model, data.val_x)
+            folded = _logits(model, data.normalized("val"))
         with modules_removed(model, [i], "identity"):
-            dropped = _logits(model, data.val_x)
+            dropped = _logits(model, data.normalized("val"))
         assert (folded - before).abs().max() < 1e-5
         assert (dropped - before).abs().max() > 1e-3  # identity throws g(beta) away
-    assert torch.equal(_logits(model, data.val_x), before)  # every swap undone
+    assert torch.equal(_logits(model, data.normalized("val")), before)  # every swap undone
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "softsign", "hardtanh", "erf"])

@@ -97,6 +97,17 @@ def test_schedule_warms_up_then_decays(schedule):
     assert late < 0.02 if schedule == "cosine" else late == pytest.approx(0.01)
 
 
+def test_a_run_no_longer_than_its_warm_up_warms_up_over_its_first_fifth():
+    """One epoch with the default one warm-up epoch: before, it never left warm-up (and
+    Fashion-MNIST stayed at chance after it); now it warms up over 2 of 10 steps."""
+    cfg = TrialConfig(epochs=1, warmup_epochs=1)
+    assert lr_factor(0, 10, cfg) == pytest.approx(0.1)
+    assert lr_factor(1, 10, cfg) == pytest.approx(0.55)
+    assert lr_factor(2, 10, cfg) == pytest.approx(1.0)
+    assert lr_factor(9, 10, cfg) < 0.05
+    assert lr_factor(4, 10, TrialConfig(epochs=2, warmup_epochs=1)) < 1.0  # unchanged
+
+
 def test_device_auto_is_cpu_here_and_bad_device_is_an_error():
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():

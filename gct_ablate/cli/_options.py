@@ -51,3 +51,12 @@ Output = Annotated[Path | None, typer.Option(
     "added to the file name).")]
 CellOpt = Annotated[str | None, typer.Option(
     "--cell", help="Only this cell, e.g. 'p=2 activation=tanh' (default: every cell).")]
+CheckpointEvery = Annotated[str, typer.Option(
+    "--checkpoint-every", help="Save each trial's training state every N epochs (0: never), "
+    "or auto: as often as keeps saving under 2 % of a trial. A re-queued trial resumes from "
+    "it.")]
+CheckpointDir = Annotated[str | None, typer.Option(
+    "--checkpoint-dir", help="Folder of the trial states, readable by every node of the study "
+    "(default: OUT/checkpoints); see docs/distributed.md.")]
+KeepCheckpoints = Annotated[bool, typer.Option(
+    "--keep-checkpoints", help="Keep a trial's state when it completes (default: removed).")]

@@ -14,12 +14,15 @@ from gct_ablate._util import DEFAULT_OUT, mask_url
 from gct_ablate.cli._app import app, check_format, console, err_console, one_line_errors
 from gct_ablate.cli._options import (
     STORAGE_ENV,
+    CheckpointDir,
+    CheckpointEvery,
     DataDir,
     Device,
     Download,
     Fmt,
     Gpus,
     Heartbeat,
+    KeepCheckpoints,
     Out,
     Storage,
     Threads,
@@ -91,6 +94,9 @@ def run(
     data_dir: DataDir = None,
     download: Download = False,
     heartbeat: Heartbeat = 10,
+    checkpoint_every: CheckpointEvery = "auto",
+    checkpoint_dir: CheckpointDir = None,
+    keep_checkpoints: KeepCheckpoints = False,
     fmt: Fmt = "table",
 ) -> None:
     """Run an ablation grid (every cell x seed once), track it in MLflow, print the summary.
@@ -99,7 +105,8 @@ def run(
     cost is estimated; above the limits it asks (without a terminal: refuses unless --yes).
     """
     base = TrialConfig(device=device, threads=threads, data_dir=data_dir, download=download,
-                       save_model=save_models)
+                       save_model=save_models, checkpoint_every=checkpoint_every,
+                       checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints)
     spec = build_spec(study_file, vary, levels or [], set_ or [], seeds, study, metric, base,
                       margin, design=design)
     if until_decided:
@@ -229,6 +236,9 @@ def worker(
     data_dir: DataDir = None,
     download: Download = False,
     heartbeat: Heartbeat = 10,
+    checkpoint_every: CheckpointEvery = "auto",
+    checkpoint_dir: CheckpointDir = None,
+    keep_checkpoints: KeepCheckpoints = False,
     wait: Annotated[float, typer.Option(
         min=0, help="Seconds to wait for the study to be created by `gct-ablate run` "
         "(the tasks of a job array may start in any order).")] = 300,
@@ -240,7 +250,9 @@ def worker(
     from gct_ablate.study import join_study
     from gct_ablate.worker import Interrupted
 
-    base = TrialConfig(device=device, threads=threads, data_dir=data_dir, download=download)
+    base = TrialConfig(device=device, threads=threads, data_dir=data_dir, download=download,
+                       checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
+                       keep_checkpoints=keep_checkpoints)
     try:
         failed = join_study(study, out=out, storage=storage, tracking_uri=tracking_uri,
                             workers=workers, base=base, heartbeat=heartbeat, wait=wait,

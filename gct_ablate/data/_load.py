@@ -6,10 +6,10 @@ import dataclasses
 import functools
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from gct_ablate.data import _sources
 from gct_ablate.data._memory import Dataset
@@ -106,17 +106,21 @@ _imagefolder = functools.lru_cache(maxsize=4)(_normal_tensors(_sources.imagefold
 @_normal_tensors
 def _sized(name: str, root: Path, download: bool, seed: int, val_fraction: float,
            image_size: int | None, train_size: int | None, val_size: int | None) -> Dataset:
-    data = _load(name, root, download, seed, val_fraction, image_size)
+    data = _load(name, root, download, seed, val_fraction)
     title = f"{name}'s %s split"
-    return data.subset(
+    data = data.subset(  # the images used, before any conversion
         stratified_subset(data.labels("train"), train_size, "train_size", title % "training"),
         stratified_subset(data.labels("val"), val_size, "val_size", title % "validation"))
+    if image_size and image_size != data.image_size:
+        data = dataclasses.replace(
+            data, train_x=_resize(data.train_x, image_size), val_x=_resize(data.val_x, image_size),
+            image_size=image_size, pad=max(1, data.pad * image_size // data.image_size))
+    return data
 
 
 @functools.lru_cache(maxsize=4)
 @_normal_tensors
-def _load(name: str, root: Path, download: bool, seed: int, val_fraction: float,
-          image_size: int | None) -> Dataset:
+def _load(name: str, root: Path, download: bool, seed: int, val_fraction: float) -> Dataset:
     if name == "digits":
         data = _sources.digits(val_fraction)
     elif name in _sources.CIFAR_STATS:
@@ -125,13 +129,18 @@ def _load(name: str, root: Path, download: bool, seed: int, val_fraction: float,
         data = _sources.idx_dataset(name, root, download)
     else:
         data = _sources.fake(seed)
-    if image_size and image_size != data.image_size:
-        data = dataclasses.replace(
-            data, train_x=_resize(data.train_x, image_size), val_x=_resize(data.val_x, image_size),
-            image_size=image_size, pad=max(1, data.pad * image_size // data.image_size))
     return data
 
 
-def _resize(x: Any, size: int) -> Any:
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True)
+def _resize(x: Tensor, size: int) -> Tensor:
+    """Bilinear (antialiased) resize, a few MB at a time, kept in ``x``'s dtype (uint8
+    rounded)."""
+    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=x.dtype)
+    step = max(1, (1 << 22) // (x[0].numel() * 4 + size * size * x.shape[1] * 4))
+    for start in range(0, x.shape[0], step):
+        chunk = F.interpolate(x[start:start + step].float(), size=(size, size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        if not x.dtype.is_floating_point:
+            chunk = chunk.round_().clamp_(0, 255)
+        out[start:start + step] = chunk.to(x.dtype)
+    return out

@@ -1,8 +1,12 @@
-"""In-memory datasets: float32 normalized NCHW tensors, batched augmentation (airbench style).
+"""In-memory datasets: images as stored (uint8, NCHW), normalized and augmented per batch
+(airbench style) on the data's device.
 
-``Dataset.to(device)`` moves every tensor once; augmentation (random translation by padding
-and cropping, plus horizontal flips for natural images) is done on whole batches with
-tensor ops, deterministic for a given ``torch.Generator``.
+``Dataset.to(device)`` moves every tensor once (uint8: a quarter of float32's bytes); each
+batch is converted to float32, normalized by the dataset's per-channel mean and standard
+deviation, and augmented (random translation by padding and cropping, plus horizontal flips
+for natural images) on whole batches with tensor ops, deterministic for a given
+``torch.Generator``. The tensors may be memory-mapped from a shared cache file
+(:mod:`gct_ablate.data._arrays`): they are never written to.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ AUGMENTS = ("none", "crop", "crop-flip")
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and validation tensors: x float32 normalized NCHW, y int64.
+    """Train and validation tensors: x NCHW as stored (uint8, or float32), y int64.
 
+    A batch is ``(x.float() - mean) / std``, per channel (one value: every channel).
     ``augment`` is "none", "crop" (random translation by up to ``pad`` pixels) or
     "crop-flip" (translation plus horizontal flip); ``pad_mode`` is F.pad's mode.
     """
@@ -40,6 +45,8 @@ class Dataset:
     pad: int = 4
     pad_mode: str = "reflect"
     classes: tuple[str, ...] = ()
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
 
     def to(self, device: torch.device | str) -> Dataset:
         """A copy with every tensor on ``device`` (the cached CPU copy is not changed)."""
@@ -60,14 +67,24 @@ class Dataset:
         """A generator for :meth:`batches`, on the data's device (no host round trips)."""
         return torch.Generator(device=self.device).manual_seed(seed)
 
+    def normalized(self, split: str) -> Tensor:
+        """Every image of ``split`` as the network sees it (float32, normalized)."""
+        return self._normalize(self._split(split)[0])
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        return (x.float() - mean).div_(std)
+
     def labels(self, split: str) -> list[int]:
         return self._split(split)[1].tolist()
 
     def subset(self, train: Sequence[int] | None, val: Sequence[int] | None) -> Dataset:
-        """A copy holding only the given images of each split (None keeps all)."""
+        """A copy holding only the given images of each split (None, or every image in
+        order, keeps the tensors themselves)."""
         changes = {}
         for split, index in (("train", train), ("val", val)):
-            if index is not None:
+            if index is not None and list(index) != list(range(self.size(split))):
                 x, y = self._split(split)
                 idx = torch.as_tensor(index, dtype=torch.int64, device=y.device)
                 changes[f"{split}_x"], changes[f"{split}_y"] = x[idx], y[idx]
@@ -104,6 +121,7 @@ class Dataset:
             else:
                 idx = order[start:start + batch_size]
                 xb, yb = x[idx], y[idx]
+            xb = self._normalize(xb)
             if augment and self.augment != "none":
                 xb = augment_batch(xb, self.pad, flip=self.augment == "crop-flip",
                                    pad_mode=self.pad_mode, generator=generator)

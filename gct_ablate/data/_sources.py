@@ -1,4 +1,9 @@
-"""Each dataset read from its own files into a :class:`Dataset` (or a :class:`StreamDataset`)."""
+"""Each dataset read from its own files into a :class:`Dataset` (or a :class:`StreamDataset`).
+
+Images are kept as stored (uint8) with the per-channel mean and standard deviation that
+normalize them per batch; idx and CIFAR arrays are memory-mapped from the cache
+(:mod:`gct_ablate.data._arrays`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gct_ablate.data._arrays import cached_arrays, channel_stats
 from gct_ablate.data._idx import read_idx
 from gct_ablate.data._memory import Dataset
 from gct_ablate.data._splits import stratified_split, stratified_subset
@@ -42,11 +48,6 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 IMAGEFOLDER_SIZE = 64  # in-memory side when image_size is not given
 
 
-def normalize(train: Tensor, val: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
-    mean, std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
-    return (train - mean).div_(std), (val - mean).div_(std)  # one temporary each, not two
-
-
 def _digits_arrays() -> tuple[Any, Any]:
     """scikit-learn's bundled digits (1797 images of 8x8, 64 grey levels in 0..16, and
     labels), read from the package's own ``digits.csv.gz`` without importing scikit-learn
@@ -68,13 +69,13 @@ def _digits_arrays() -> tuple[Any, Any]:
 
 def digits(val_fraction: float) -> Dataset:
     data, target = _digits_arrays()
-    x = torch.tensor(data, dtype=torch.float32).view(-1, 1, 8, 8)
+    x = torch.tensor(data, dtype=torch.uint8).view(-1, 1, 8, 8)  # grey levels 0..16
     y = torch.tensor(target, dtype=torch.int64)
     train, val = stratified_split(y.tolist(), val_fraction)
     tx, vx = x[train], x[val]
-    tx, vx = normalize(tx, vx, tx.mean().view(1), tx.std().view(1))
+    mean, std = channel_stats(tx.numpy())
     return Dataset("digits", tx, y[train], vx, y[val], 10, 1, 8, "crop", 1, "replicate",
-                   tuple(str(c) for c in range(10)))
+                   tuple(str(c) for c in range(10)), mean, std)
 
 
 # ----------------------------------------------------------------------------- idx files
@@ -107,25 +108,36 @@ def idx_dataset(name: str, root: Path, download: bool) -> Dataset:
     """MNIST or Fashion-MNIST from its four idx files; the official test set is validation."""
     title, _, classes, hint = IDX_DATASETS[name]
     folder = _idx_folder(name, root, download)
-    tensors = []
-    for split in ("train", "val"):
-        image_path, label_path = (_idx_file(folder, stem) for stem in IDX_FILES[split])
-        images, labels = read_idx(image_path, hint), read_idx(label_path, hint)
-        if images.ndim != 3 or images.dtype != np.uint8 or 0 in images.shape:
-            raise DataError(f"{image_path}: {images.dtype} array of shape {images.shape}, not "
-                            f"uint8 images (N, H, W), N > 0; {hint}")
-        if labels.shape != images.shape[:1] or labels.dtype != np.uint8 or \
-                int(labels.max(initial=0)) >= len(classes):
-            raise DataError(f"{label_path}: not {images.shape[0]} uint8 labels below "
-                            f"{len(classes)}; {hint}")
-        tensors.append((torch.tensor(images, dtype=torch.float32).div_(255).unsqueeze(1),
-                        torch.tensor(labels, dtype=torch.int64)))
-    (tx, ty), (vx, vy) = tensors
-    if tx.shape[2:] != vx.shape[2:]:
-        raise DataError(f"{title} in {folder}: train and test images differ in size")
-    tx, vx = normalize(tx, vx, tx.mean().view(1), tx.std().view(1))
-    return Dataset(name, tx, ty, vx, vy, len(classes), 1, tx.shape[-1], "crop",
-                   max(1, tx.shape[-1] // 14), "replicate", classes)
+    paths = {split: [_idx_file(folder, stem) for stem in IDX_FILES[split]]
+             for split in ("train", "val")}
+
+    def build() -> dict[str, np.ndarray]:
+        arrays = {}
+        for split, (image_path, label_path) in paths.items():
+            images, labels = read_idx(image_path, hint), read_idx(label_path, hint)
+            if images.ndim != 3 or images.dtype != np.uint8 or 0 in images.shape:
+                raise DataError(f"{image_path}: {images.dtype} array of shape {images.shape}, "
+                                f"not uint8 images (N, H, W), N > 0; {hint}")
+            if labels.shape != images.shape[:1] or labels.dtype != np.uint8 or \
+                    int(labels.max(initial=0)) >= len(classes):
+                raise DataError(f"{label_path}: not {images.shape[0]} uint8 labels below "
+                                f"{len(classes)}; {hint}")
+            arrays[f"{split}_x"], arrays[f"{split}_y"] = images[:, None], labels
+        if arrays["train_x"].shape[2:] != arrays["val_x"].shape[2:]:
+            raise DataError(f"{title} in {folder}: train and test images differ in size")
+        arrays["mean"], arrays["std"] = (np.array(v) for v in channel_stats(arrays["train_x"]))
+        return arrays
+
+    for path in (p for pair in paths.values() for p in pair):
+        if not path.is_file():
+            raise DataError(f"{path}: file not found; {hint}")
+    a = cached_arrays(name, [p for pair in paths.values() for p in pair], build)
+    tx, vx = torch.from_numpy(a["train_x"]), torch.from_numpy(a["val_x"])
+    size = tx.shape[-1]
+    return Dataset(name, tx, torch.from_numpy(a["train_y"]).long(), vx,
+                   torch.from_numpy(a["val_y"]).long(), len(classes), 1, size, "crop",
+                   max(1, size // 14), "replicate", classes, tuple(a["mean"].tolist()),
+                   tuple(a["std"].tolist()))
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -146,34 +158,45 @@ def cifar(name: str, root: Path, download: bool) -> Dataset:
     cls = _cifar_class(name)
     title = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
     folder = root / cls.base_folder
-    try:
-        train = cls(str(root), train=True, download=download)
-        val = cls(str(root), train=False, download=download)
-    except RuntimeError:
-        raise DataError(f"{title} not found in {root} (no complete {cls.base_folder}/); pass "
-                        "--download or --data-dir DIR") from None
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
-        raise DataError(f"{title} files in {folder} are corrupt ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
-    except OSError as err:
-        raise DataError(f"{title}: cannot read or download into {root} ({err})") from None
 
-    def tensors(ds: Any) -> tuple[Tensor, Tensor]:
-        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255)
-        return x.contiguous(), torch.tensor(ds.targets, dtype=torch.int64)
+    def read() -> tuple[Any, Any]:
+        try:
+            return (cls(str(root), train=True, download=download),
+                    cls(str(root), train=False, download=download))
+        except RuntimeError:
+            raise DataError(f"{title} not found in {root} (no complete {cls.base_folder}/); "
+                            "pass --download or --data-dir DIR") from None
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
+            first = str(err).splitlines()[0] if str(err) else "unreadable"
+            raise DataError(f"{title} files in {folder} are corrupt ({type(err).__name__}: "
+                            f"{first})") from None
+        except OSError as err:
+            raise DataError(f"{title}: cannot read or download into {root} ({err})") from None
 
-    (tx, ty), (vx, vy) = tensors(train), tensors(val)
-    mean, std = (torch.tensor(v, dtype=torch.float32) for v in CIFAR_STATS[name])
-    tx, vx = normalize(tx, vx, mean, std)
-    return Dataset(name, tx, ty, vx, vy, len(train.classes), 3, 32, "crop-flip", 4, "reflect",
-                   tuple(train.classes))
+    def build() -> dict[str, np.ndarray]:
+        train, val = read()
+        return {"train_x": train.data.transpose(0, 3, 1, 2),
+                "val_x": val.data.transpose(0, 3, 1, 2),
+                "train_y": np.asarray(train.targets, dtype=np.int64),
+                "val_y": np.asarray(val.targets, dtype=np.int64),
+                "classes": np.array(train.classes)}
+
+    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    if not all((folder / f).is_file() for f in files):
+        read()  # downloads, or says what is missing
+    a = cached_arrays(name, [folder / f for f in files], build)
+    mean, std = (tuple(255 * v for v in stats) for stats in CIFAR_STATS[name])
+    classes = tuple(str(c) for c in a["classes"])
+    return Dataset(name, torch.from_numpy(a["train_x"]), torch.from_numpy(a["train_y"]),
+                   torch.from_numpy(a["val_x"]), torch.from_numpy(a["val_y"]),
+                   len(classes), 3, 32, "crop-flip", 4, "reflect", classes, mean, std)
 
 
 # ----------------------------------------------------------------------------- fake
 def _stack(ds: Any) -> tuple[Tensor, Tensor]:
-    """(images, labels); images float32 (ToTensor gives the default dtype)."""
+    """(images, labels); images uint8, as PILToTensor gives them."""
     pairs = [ds[i] for i in range(len(ds))]
-    return (torch.stack([p[0] for p in pairs]).to(torch.float32),
+    return (torch.stack([p[0] for p in pairs]),
             torch.tensor([int(p[1]) for p in pairs], dtype=torch.int64))
 
 
@@ -181,13 +204,11 @@ def fake(seed: int) -> Dataset:
     from torchvision import datasets, transforms
 
     offset = seed * 1_000_003
-    kw = dict(image_size=(3, 32, 32), num_classes=10, transform=transforms.ToTensor())
+    kw = dict(image_size=(3, 32, 32), num_classes=10, transform=transforms.PILToTensor())
     tx, ty = _stack(datasets.FakeData(size=512, random_offset=offset, **kw))
     vx, vy = _stack(datasets.FakeData(size=128, random_offset=offset + 512, **kw))
-    half = torch.full((3,), 0.5, dtype=torch.float32)
-    tx, vx = normalize(tx, vx, half, half)
     return Dataset("fake", tx, ty, vx, vy, 10, 3, 32, "crop-flip", 4, "reflect",
-                   tuple(str(c) for c in range(10)))
+                   tuple(str(c) for c in range(10)), (127.5,) * 3, (127.5,) * 3)
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -237,15 +258,14 @@ def imagefolder(root: Path, val_fraction: float, image_size: int | None, train_s
     from torchvision import transforms
 
     tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
-                             transforms.ToTensor()])
+                             transforms.PILToTensor()])
     try:
         (tx, ty), (vx, vy) = (_stack(_with_transform(f, tf)) for f in (train, val))
     except OSError as err:  # PIL's UnidentifiedImageError names the file
         raise DataError(f"{root}: cannot read an image ({err})") from None
-    mean, std = tx.mean(dim=(0, 2, 3)), tx.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    tx, vx = normalize(tx, vx, mean, std)
+    mean, std = channel_stats(tx.numpy())
     return Dataset("imagefolder", tx, ty, vx, vy, len(classes), 3, size, "crop-flip",
-                   max(1, size // 8), "reflect", classes)
+                   max(1, size // 8), "reflect", classes, mean, std)
 
 
 def _with_transform(folder: Any, transform: Any) -> Any:

@@ -1,0 +1,215 @@
+"""Host memory of the data, per worker: peak RSS next to the uint8 bytes of the images.
+
+Each case runs in a fresh process that imports what a worker imports, then loads the data
+(``load_dataset``), runs one epoch of its training batches and the validation batches
+(normalized and augmented as in training) and three ResNet-20 training steps. It prints the
+RSS after the imports, the peak growth while loading and batching, the peak growth of the
+training steps, and the part of the RSS mapped from the shared cache file. Cases: digits,
+Fashion-MNIST (4,000 + 2,000 images, and all), and a CIFAR-10-format fixture.
+
+``--shared``: two such processes hold Fashion-MNIST (all) at the same time; the
+proportional share (PSS) of the mapped cache file is half its RSS in each: one copy.
+``--train-command``: peak RSS (``/usr/bin/time -v``) of ``gct-ablate train`` on digits and
+on Fashion-MNIST (4,000 / 2,000, one epoch) next to the import baseline.
+
+    python -m benchmarks.data_memory [--cifar-images 10000] [--shared] [--train-command]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+MIB = 1 << 20
+WORKER_IMPORTS = "import torch, mlflow, optuna, statsmodels, matplotlib"
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _mapped(marker: str = "/arrays/") -> dict[str, int]:
+    """RSS and PSS (bytes) of this process's mappings of the shared array cache."""
+    totals = {"rss": 0, "pss": 0}
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                inside = marker in line
+            elif inside and line.startswith(("Rss:", "Pss:")):
+                key = line.split(":")[0].lower()
+                totals[key] += int(line.split()[1]) * 1024
+    return totals
+
+
+def child(options: dict, wait: bool) -> None:
+    """One worker-like process: the JSON line of its measurements."""
+    import mlflow  # noqa: F401  (what a worker holds)
+    import optuna  # noqa: F401
+    import torch
+    import torch.nn.functional as F
+
+    from gct_ablate.data import load_dataset
+    from gct_ablate.models import build_trial
+    from gct_ablate.spec import TrialConfig
+
+    torch.set_num_threads(1)
+    base = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    data = load_dataset(**options)
+    gen = data.generator(0)
+    for split in ("train", "val"):
+        for x, _ in data.batches(split, 128, shuffle=split == "train", generator=gen,
+                                 augment=split == "train"):
+            x.sum()
+    data_peak = _status_kib("VmHWM")
+    held = data.train_x.numel() * data.train_x.element_size() + \
+        data.val_x.numel() * data.val_x.element_size()
+    cfg = TrialConfig(**{k: v for k, v in options.items() if k != "name"},
+                      dataset=options["name"], threads=1)
+    model, data = build_trial(cfg, torch.device("cpu"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for (x, y), _ in zip(data.batches("train", 128, shuffle=True, generator=gen, augment=True),
+                         range(3), strict=False):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    if wait:
+        print("ready", flush=True)
+        sys.stdin.readline()
+    print(json.dumps({"base": base * 1024, "data_peak": (data_peak - base) * 1024,
+                      "train_peak": (_status_kib("VmHWM") - base) * 1024, "uint8": held,
+                      "dtype": str(data.train_x.dtype), **_mapped()}), flush=True)
+    if wait:
+        sys.stdin.readline()  # alive until every worker has measured
+
+
+def _spawn(options: dict, wait: bool = False) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.data_memory", "--child",
+                             json.dumps(options), *(["--wait"] if wait else [])],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def measure(options: dict) -> dict:
+    proc = _spawn(options)
+    out, _ = proc.communicate()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def write_cifar_fixture(root: Path, n: int) -> Path:
+    """A CIFAR-10-format folder: five training batches of ``n // 5`` random images, a test
+    batch of ``n // 5``, and the meta file."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(count: int) -> dict:
+        return {"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+                "labels": [int(v) for v in rng.integers(0, 10, count)]}
+
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(batch(n // 5), protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps(
+        {"label_names": [f"c{i}" for i in range(10)]}, protocol=2))
+    return root
+
+
+def shared() -> None:
+    """Two processes holding Fashion-MNIST (all) at once: RSS and PSS of the mapped file."""
+    procs = [_spawn({"name": "fashion-mnist"}, wait=True) for _ in range(2)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = [json.loads(p.stdout.readline()) for p in procs if p.stdout is not None]
+    for p in procs:
+        p.communicate("done\n")
+    print("\nTwo workers holding Fashion-MNIST (all, 54.9 MB as uint8) at the same time "
+          "(PSS: each one's share of the pages it maps):")
+    for i, r in enumerate(results, 1):
+        print(f"  worker {i}: cache file mapped RSS {r['rss'] / MIB:6.1f} MiB, PSS "
+              f"{r['pss'] / MIB:6.1f} MiB")
+    total = sum(r["pss"] for r in results)
+    copies = total / results[0]["rss"]
+    print(f"  together: {total / MIB:.1f} MiB of PSS for {results[0]['rss'] / MIB:.1f} MiB "
+          f"mapped in each: {copies:.2f} copies")
+
+
+def _time_v(cmd: list[str]) -> float:
+    """Peak RSS (MiB) of ``cmd`` by /usr/bin/time -v."""
+    run = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
+                         check=True)
+    kib = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
+    assert kib is not None, run.stderr
+    return int(kib.group(1)) / 1024
+
+
+def train_command() -> None:
+    cli = [sys.executable, "-m", "gct_ablate", "train", "--threads", "1", "--epochs", "1"]
+    rows = {
+        "import baseline (" + WORKER_IMPORTS.removeprefix("import ") + ")":
+            [sys.executable, "-c", WORKER_IMPORTS],
+        "train (digits)": cli,
+        "train fashion-mnist 4000/2000": [*cli, "--dataset", "fashion-mnist", "--train-size",
+                                          "4000", "--val-size", "2000"],
+    }
+    print("\nPeak RSS of whole commands (/usr/bin/time -v):")
+    peaks = {name: _time_v(cmd) for name, cmd in rows.items()}
+    base = next(iter(peaks.values()))
+    for name, mib in peaks.items():
+        print(f"  {name:58s} {mib:7.0f} MiB  (+{mib - base:.0f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cifar-images", type=int, default=10000)
+    parser.add_argument("--shared", action="store_true")
+    parser.add_argument("--train-command", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--wait", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(json.loads(args.child), args.wait)
+    with tempfile.TemporaryDirectory() as tmp:
+        fixture = write_cifar_fixture(Path(tmp), args.cifar_images)
+        cases = {
+            "digits": {"name": "digits"},
+            "fashion-mnist 4000/2000": {"name": "fashion-mnist", "train_size": 4000,
+                                        "val_size": 2000},
+            "fashion-mnist all": {"name": "fashion-mnist"},
+            f"cifar10 fixture ({args.cifar_images})": {"name": "cifar10",
+                                                       "data_dir": str(fixture)},
+        }
+        subprocess.run([sys.executable, "-c", "import json, sys\n"  # the cache files, made
+                        "from gct_ablate.data import load_dataset\n"  # once per node, by a
+                        "for o in json.loads(sys.argv[1]): load_dataset(**o)",  # process apart
+                        json.dumps(list(cases.values()))], check=True)
+        print(f"Per worker (pid {os.getpid()}'s children; MiB; peaks above the imports):")
+        print(f"  {'data':28s} {'held':>8s} {'dtype':>6s} {'imports':>8s} {'+load+batches':>14s}"
+              f" {'+3 steps':>9s} {'mapped':>7s}")
+        for name, options in cases.items():
+            r = measure(options)
+            print(f"  {name:28s} {r['uint8'] / MIB:8.1f} {r['dtype'][6:]:>6s} "
+                  f"{r['base'] / MIB:8.0f} {r['data_peak'] / MIB:14.1f} "
+                  f"{r['train_peak'] / MIB:9.1f} {r['rss'] / MIB:7.1f}")
+    if args.shared:
+        shared()
+    if args.train_command:
+        train_command()
+
+
+if __name__ == "__main__":
+    main()
