@@ -98,9 +98,9 @@ def test_first_gct_call_under_autocast_two_threads_and_float64_default(
 
 
 def test_datasets_first_loaded_under_inference_mode_and_float64_serve_training() -> None:
-    """The per-process dataset caches keep what the first caller got: normal float32
-    tensors, even when that caller was an evaluation under inference_mode with a float64
-    default dtype."""
+    """The per-process dataset caches keep what the first caller got: normal uint8 tensors
+    (not inference tensors), whose batches are float32 even when that caller was an
+    evaluation under inference_mode with a float64 default dtype."""
     import torch
 
     from gct_ablate.data import _load, load_dataset
@@ -118,7 +118,9 @@ def test_datasets_first_loaded_under_inference_mode_and_float64_serve_training()
         _load._sized.cache_clear()
     for data in first:
         for t in (data.train_x, data.val_x):
-            assert t.dtype == torch.float32 and not t.is_inference(), data.name
-        weight = torch.zeros(data.train_x[0].numel(), requires_grad=True)
-        (data.train_x.flatten(1) @ weight).sum().backward()  # usable by autograd
+            assert t.dtype == torch.uint8 and not t.is_inference(), data.name
+        x = data.normalized("train")
+        assert x.dtype == torch.float32 and not x.is_inference(), data.name
+        weight = torch.zeros(x[0].numel(), requires_grad=True)
+        (x.flatten(1) @ weight).sum().backward()  # usable by autograd
         assert weight.grad is not None

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
