@@ -2,8 +2,8 @@
 
 The fixed-sample summary calls :func:`decide_cells` once at ``alpha``; the adaptive-seeds
 schedule calls it at every look at its per-look level (see ``_sequential``). Both families
-are adjusted with Holm's step-down (statsmodels ``multipletests``): one family for the
-differences, one for the equivalence tests.
+are adjusted with Holm's step-down (:func:`holm`, as statsmodels' ``multipletests``): one
+family for the differences, one for the equivalence tests.
 
 Rule per cell, with adjusted p-values: equivalence p < alpha -> ``equivalent`` (a real but
 smaller-than-margin difference is still within the margin); else difference p < alpha ->
@@ -12,10 +12,10 @@ smaller-than-margin difference is still within the margin); else difference p < 
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from gct_ablate.stats._compare import PAIRED, Comparison, SeedKey, compare_many
 from gct_ablate.stats._describe import pooled_sd
@@ -56,33 +56,19 @@ class Decision:
         return self.verdict in DECIDED
 
 
-@contextlib.contextmanager
-def _without_gc_collect() -> Iterator[None]:
-    """``multipletests(method="holm")`` runs a full ``gc.collect()`` on every call (a
-    tenth of a second with a large heap, which the looks and the simulations pay many
-    times); it frees nothing the result needs, so it is skipped for the call."""
-    collect = gc.collect
-    gc.collect = lambda generation=2: 0
-    try:
-        yield
-    finally:
-        gc.collect = collect
-
-
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    """Holm step-down adjusted p-values (statsmodels ``multipletests``).
+    """Holm step-down adjusted p-values (what statsmodels ``multipletests(method="holm")``
+    returns, without its ``gc.collect()`` on every call).
 
     ``None`` entries are not tests: they stay None and do not count in the family size.
     """
-    from statsmodels.stats.multitest import multipletests
-
     tested = [i for i, p in enumerate(pvalues) if p is not None]
     out: list[float | None] = [None] * len(pvalues)
-    if tested:
-        with _without_gc_collect():
-            adjusted = multipletests([pvalues[i] for i in tested], method="holm")[1]
-        for i, p in zip(tested, adjusted, strict=True):
-            out[i] = float(p)
+    p = np.asarray([pvalues[i] for i in tested], dtype=float)
+    order = np.argsort(p, kind="stable")
+    steps = np.maximum.accumulate(p[order] * np.arange(len(p), 0, -1))
+    for rank, adjusted in zip(order, np.minimum(steps, 1.0), strict=True):
+        out[tested[rank]] = float(adjusted)
     return out
 
 

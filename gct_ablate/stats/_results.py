@@ -144,7 +144,7 @@ METHODS = {
     "test": "each cell against the reference: paired t on the per-seed differences when they "
     "share >= 2 seeds (the seed is a block: it fixes the initial weights and the batch "
     "order in every cell), else Welch's t; delta's CI is that test's t interval",
-    "correction": "Holm step-down (statsmodels multipletests) over the non-reference cells "
+    "correction": "Holm step-down (as statsmodels multipletests) over the non-reference cells "
     "that could be tested, separately for the difference and the equivalence tests",
     "equivalence": "TOST (statsmodels ttost_paired / ttost_ind(usevar='unequal')): the "
     "1 - 2 alpha CI of delta inside +-margin",
