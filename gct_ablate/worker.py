@@ -19,13 +19,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from gct_ablate import _optuna
 from gct_ablate._util import mask_url, raise_pending, stop_signals
 from gct_ablate.errors import UsageError
 from gct_ablate.grid import distributions, spec_from_attrs
 from gct_ablate.recovery import fail_and_requeue, owner, reap_dead_trials, requeue
 from gct_ablate.spec import Cell, StudySpec, TrialConfig, cell_id, parse_cell_id
 from gct_ablate.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, load_study, open_storage
+from gct_ablate.store import _optuna, keys
+from gct_ablate.store.records import stored_study, stored_trial, stored_trials
+from gct_ablate.store.write import label
 from gct_ablate.tracking import Tracker
 
 POLL = 0.5  # seconds between queue polls while others still run
@@ -61,11 +63,11 @@ def _heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
 
 def _should_wait(study: optuna.Study) -> bool:
     """Others still run trials that may come back to the queue if their worker dies."""
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    running = stored_trials(study, (TrialState.RUNNING,))
     if _optuna.heartbeat_interval(study):
         return bool(running)
     here = socket.gethostname()
-    return any(t.user_attrs.get("host", here) == here for t in running)
+    return any((t.host or here) == here for t in running)
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,9 @@ def _run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | Non
                            grace_period=opts.grace_period)
     study = load_study(storage, opts.study_name)
     study.pruner = make_pruner(opts.pruner)
-    spec = spec_from_attrs(study.user_attrs, opts.base)
-    uri = opts.tracking_uri or study.user_attrs["tracking_uri"]
+    stored = stored_study(study)
+    spec = spec_from_attrs(stored.attrs, opts.base)
+    uri = opts.tracking_uri or stored.tracking_uri
     tracker = Tracker(uri, artifact_root=Path(opts.out_dir) / "mlartifacts")
     ran = 0
     while opts.max_trials is None or ran < opts.max_trials:
@@ -161,22 +164,22 @@ def run_trial(
 ) -> None:
     """Run one popped trial to a terminal state (COMPLETE, PRUNED or FAIL)."""
     trial = optuna.Trial(study, trial_id)
-    for key, value in owner().items():
-        trial.set_user_attr(key, value)
-    cell: Cell = parse_cell_id(trial.user_attrs["cell"])
-    seed = int(trial.user_attrs["seed"])
+    label(trial, **owner())
+    queued = stored_trial(_optuna.get_trial(study, trial_id))
+    cell: Cell = parse_cell_id(queued.cell or "")
+    seed = int(queued.seed or 0)
     for name, dist in distributions(spec).items():
         trial.suggest_categorical(name, dist.choices)
     cfg = spec.config(cell, seed)
     device = device_label(cfg.device)
-    trial.set_user_attr("device", device)
-    parent = study.user_attrs["mlflow_parent_run_id"]
+    label(trial, device=device)
+    stored = stored_study(study)
     run_id = tracker.start_trial(
-        study.user_attrs["mlflow_experiment_id"], parent, cell=cell_id(cell), seed=seed,
+        stored.experiment_id, stored.parent_run_id, cell=cell_id(cell), seed=seed,
         trial_number=trial.number, params={**cfg.factor_levels(), "seed": seed},
-        tags={"device": device},
+        tags={keys.TAG_DEVICE: device},
     )
-    trial.set_user_attr("mlflow_run_id", run_id)
+    label(trial, run_id=run_id)
     if on_event:
         on_event("start", {"number": trial.number, "cell": cell_id(cell), "seed": seed})
 
@@ -200,7 +203,7 @@ def run_trial(
     try:
         metrics = train_eval(cfg, report, on_end=on_end, tracking_uri=tracker.uri)
     except optuna.TrialPruned as err:
-        trial.set_user_attr("status_reason", str(err))
+        label(trial, reason=str(err))
         tracker.end_trial(run_id, "FINISHED", str(err))
         study.tell(trial, state=TrialState.PRUNED)
         return
@@ -218,7 +221,7 @@ def run_trial(
     step = metrics.get("epochs_done", 0)
     seen = logged if logged.get("_step") == step else {}
     tracker.log_metrics(run_id, {k: v for k, v in final.items() if seen.get(k) != v}, step=step)
-    trial.set_user_attr("metrics", final)
+    label(trial, metrics=final)
     if metrics["status"] != "ok":
         reason = f"{metrics['status']}: loss became NaN/inf after epoch {metrics['epochs_done']}"
         _fail(study, trial, tracker, run_id, reason, "FAILED")
@@ -244,7 +247,7 @@ def device_label(name: str) -> str:
 
 
 def _fail(study, trial, tracker, run_id, reason: str, mlflow_status: str) -> None:
-    trial.set_user_attr("status_reason", reason)
+    label(trial, reason=reason)
     with contextlib.suppress(Exception):
         tracker.end_trial(run_id, mlflow_status, reason)
     study.tell(trial, state=TrialState.FAIL)
