@@ -26,19 +26,22 @@ def cache_dir() -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: processes writing
-    at once leave one whole file; nothing half-written is ever read."""
-    import tempfile
+    """Write ``data`` to ``path`` through a temporary file beside it (the umask's
+    permissions), flushed to disk, then renamed: processes writing at once leave one whole
+    file, nothing half-written is ever read, and a crash leaves the old file or the new."""
+    import secrets
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def mask_url(url: str) -> str:

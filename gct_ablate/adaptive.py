@@ -87,3 +87,15 @@ def run_until_decided(study: optuna.Study, storage: Any, spec: StudySpec,
             on_look(result, queued)
         if result.final or (not queued and not _busy(study)):
             return result
+
+
+def look_line(result: LookResult, queued: int) -> str:
+    """One line for a judged look (rich markup): seeds, level, cells decided, queued next."""
+    n_looks, undecided = result.schedule.n_looks, result.undecided
+    decided = len(result.cells) - len(undecided)
+    line = (f"[bold]look {result.look} of {n_looks}[/] "
+            f"({result.schedule.seeds_at(result.look)} seeds, alpha {result.alpha_look:.3g} "
+            f"per look): {decided} cell(s) decided, {len(undecided)} inconclusive")
+    if queued:
+        line += f"; {queued} more trial(s) queued for the next look"
+    return line

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,10 @@ from typing import Any
 from gct_ablate._util import mask_url
 from gct_ablate.errors import StudyNotFound, UsageError
 from gct_ablate.stats import StudyResults, TrialRecord
-
-RUN_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def looks_like_run_id(text: str) -> bool:
-    return RUN_ID.fullmatch(text) is not None
+from gct_ablate.store import keys
 
 
-def find_study(name: str, storage: str | None, out_dir: Path) -> StudyResults | None:
+def find_results(name: str, storage: str | None, out_dir: Path) -> StudyResults | None:
     """The study's results, or None when the storage has no study of that name."""
     from gct_ablate.storage import JOURNAL_NAME, open_storage
     from gct_ablate.summary import load_results
@@ -39,8 +33,8 @@ def find_study(name: str, storage: str | None, out_dir: Path) -> StudyResults | 
 
 
 def load_study_results(name: str, storage: str | None, out_dir: Path) -> StudyResults:
-    """Like :func:`find_study`, with a one-line error when there is no such study."""
-    results = find_study(name, storage, out_dir)
+    """Like :func:`find_results`, with a one-line error when there is no such study."""
+    results = find_results(name, storage, out_dir)
     if results is None:
         where = storage or str(out_dir)
         raise StudyNotFound(f"no study named {name!r} in {where} (see --storage / --out)")
@@ -67,8 +61,30 @@ def completed_by_cell(results: StudyResults, cell: str | None = None
     return groups
 
 
+def gate_stats_by_cell(results: StudyResults, store: RunStore,
+                       groups: dict[str, list[TrialRecord]]) -> dict[str, list[Any]]:
+    """cell -> the gate statistics of each of its trials in ``groups`` that logged them
+    (:func:`completed_by_cell`); runs stored as local files are read in place."""
+    from gct_ablate.store._mlflow import local_artifact_dirs
+
+    local = local_artifact_dirs(store.client, results.tracking.get(keys.EXPERIMENT_ID))
+    found: dict[str, list[Any]] = {}
+    for cell, trials in groups.items():
+        found[cell] = []
+        for t in trials:
+            folder = local.get(t.mlflow_run_id or "")
+            if folder is not None:
+                path = folder / "gates" / "gates.json"
+                stats = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+            else:
+                stats = store.gates(t.mlflow_run_id or "")
+            if stats:
+                found[cell].append(stats)
+    return found
+
+
 def tracking_uri(results: StudyResults) -> str:
-    uri = results.tracking.get("tracking_uri")
+    uri = results.tracking.get(keys.TRACKING_URI)
     if not uri:
         raise UsageError(f"study {results.study_name!r} has no tracking_uri attribute")
     return uri

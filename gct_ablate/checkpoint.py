@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import pickle
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gct_ablate._util import write_atomic
 from gct_ablate.errors import UsageError
 from gct_ablate.spec import TrialConfig
 
@@ -38,20 +37,6 @@ def config_path(path: str | Path) -> Path:
     """PATH.json, beside PATH (``m.pt`` -> ``m.pt.json``)."""
     path = Path(path)
     return path.with_name(path.name + ".json")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write a temporary file beside ``path`` (the umask's permissions), then rename it."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_model(path: str | Path, model: nn.Module, cfg: TrialConfig, data: Any, *,
@@ -75,8 +60,8 @@ def save_model(path: str | Path, model: nn.Module, cfg: TrialConfig, data: Any, 
             "small_input": data.image_size <= 64, "removed": list(removed),
             "sha256": hashlib.sha256(weights).hexdigest(), **(info or {}),
         }
-        _atomic_write(path, weights)
-        _atomic_write(config_path(path), json.dumps(meta, indent=1, default=str).encode())
+        write_atomic(path, weights)
+        write_atomic(config_path(path), json.dumps(meta, indent=1, default=str).encode())
     except OSError as err:
         raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
     return config_path(path)

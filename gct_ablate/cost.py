@@ -85,6 +85,8 @@ def estimate_cost(spec: StudySpec, study: Any = None, *, workers: int = 1,
     whose finished trials say what is done and how fast an epoch runs."""
     from optuna.trial import TrialState
 
+    from gct_ablate.store.records import stored_trials
+
     cells = spec.cells()
     default_epochs = spec.config(()).epochs
     total_epochs = sum(int(dict(c).get("epochs", default_epochs)) for c in cells) * spec.seeds
@@ -93,12 +95,10 @@ def estimate_cost(spec: StudySpec, study: Any = None, *, workers: int = 1,
     seconds = epochs_done = 0.0
     if study is not None:
         wanted = {cell_id(c) for c in cells}
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                          TrialState.PRUNED)):
-            cell, seed = t.user_attrs.get("cell"), t.user_attrs.get("seed")
-            if cell in wanted and seed is not None and int(seed) < spec.seeds:
-                done.add((cell, int(seed)))
-            metrics = t.user_attrs.get("metrics") or {}
+        for t in stored_trials(study, (TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.cell in wanted and t.seed is not None and t.seed < spec.seeds:
+                done.add((t.cell, t.seed))
+            metrics = t.metrics
             if metrics.get("seconds") and metrics.get("epochs_done"):
                 seconds += float(metrics["seconds"])
                 epochs_done += float(metrics["epochs_done"])

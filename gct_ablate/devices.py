@@ -67,15 +67,6 @@ def visible_gpus(env: Mapping[str, str], count: int) -> tuple[int, ...]:
     return tuple(range(min(count, listed)))
 
 
-def physical_name(index: int, env: Mapping[str, str]) -> str:
-    """What ``CUDA_VISIBLE_DEVICES`` calls visible GPU ``index`` (its number or UUID)."""
-    value = env.get(VISIBLE_ENV)
-    if value is None:
-        return str(index)
-    items = [item.strip() for item in value.split(",")]
-    return items[index] if index < len(items) else str(index)
-
-
 def place_workers(n_workers: int, gpus: Sequence[int]) -> list[str]:
     """Torch device strings of ``n_workers`` workers: round-robin over ``gpus``
     (``cuda:0, cuda:1, cuda:0, ...``), all ``"cpu"`` when there is none."""

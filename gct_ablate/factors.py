@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from gct_ablate.errors import FactorError
 from gct_ablate.gct._config import ACTIVATIONS, ATTENTION_KINDS, INITS, NORMS
 from gct_ablate.gct._config import parse_p as gct_parse_p
+from gct_ablate.store.keys import looks_like_run_id
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,6 @@ def parse_placement(raw: Any) -> str:
 
 
 TRAININGS = ("scratch", "finetune-joint", "finetune-staged")
-_RUN_ID = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def parse_init_from(raw: Any) -> str:
@@ -157,7 +156,7 @@ def parse_init_from(raw: Any) -> str:
     text = _text(raw)
     if text.lower() in ("", "none"):
         return "none"
-    if _RUN_ID.fullmatch(text) and not os.path.exists(text):
+    if looks_like_run_id(text) and not os.path.exists(text):
         return text.lower()
     if text.lower().startswith("torchvision:"):
         weights = text.split(":", 1)[1].strip().upper()

@@ -146,8 +146,8 @@ def init_source(source: str, cfg: TrialConfig, tracking_uri: str | None = None) 
     A run id is looked up in ``tracking_uri``, else $MLFLOW_TRACKING_URI, else the default
     output folder's store.
     """
-    from gct_ablate.artifacts import looks_like_run_id
     from gct_ablate.checkpoint import read_state
+    from gct_ablate.store.keys import looks_like_run_id
 
     if source.startswith("torchvision:"):
         return _torchvision_source(source.split(":", 1)[1], cfg)

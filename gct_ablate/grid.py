@@ -7,20 +7,24 @@ from typing import Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution
-from optuna.trial import FrozenTrial, TrialState
 
 from gct_ablate._util import mask_url
 from gct_ablate.errors import UsageError
 from gct_ablate.locks import sqlite_path, storage_lock
 from gct_ablate.recovery import close_orphan_runs, reap_dead_trials
-from gct_ablate.spec import StudySpec, TrialConfig, cell_id, parse_cell_id
+from gct_ablate.spec import StudySpec, TrialConfig, cell_id
+from gct_ablate.store import keys
+from gct_ablate.store.open import verify
+from gct_ablate.store.recipe import with_recipe
+from gct_ablate.store.records import DONE, LIVE, stored_study, trials_by_key
+from gct_ablate.store.write import (
+    enqueue_cell,
+    mark_queued,
+    write_grid,
+    write_recipe,
+    write_tracking,
+)
 from gct_ablate.tracking import Tracker, check_tracking
-
-
-def _trial_key(trial: FrozenTrial) -> tuple[str, int] | None:
-    if "cell" not in trial.user_attrs:
-        return None
-    return trial.user_attrs["cell"], int(trial.user_attrs["seed"])
 
 
 def distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
@@ -28,8 +32,9 @@ def distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
 
 
 def spec_from_attrs(attrs: dict[str, Any], base: TrialConfig | None = None) -> StudySpec:
-    """The spec a study was created with (its ``spec`` user attribute)."""
-    return StudySpec.from_dict(attrs["spec"], base)
+    """The spec a study was created with, its cells resolving to its stored recipe
+    (:mod:`gct_ablate.store.recipe`); ``attrs``: the study's user attributes."""
+    return with_recipe(StudySpec.from_dict(attrs[keys.SPEC], base), attrs)
 
 
 @dataclass
@@ -58,26 +63,23 @@ def prepare_study(
             direction = "maximize" if spec.maximize else "minimize"
             study = optuna.create_study(study_name=name, storage=storage, direction=direction)
         _check_same_study(study, spec, tracker)
+        write_recipe(study, spec)  # kept from creation on: resumes train it
         if study.metric_names is None:  # optuna-dashboard names the objective after it
             name_objective(study, spec.metric)
-        if "mlflow_parent_run_id" not in study.user_attrs:
+        stored = stored_study(study)
+        if stored.parent_run_id is None:
             experiment_id = tracker.experiment(name)
             info = {**spec.to_dict(), "fp": spec.fingerprint()}
             parent = tracker.start_parent(experiment_id, name, info)
-            study.set_user_attr("mlflow_experiment_id", experiment_id)
-            study.set_user_attr("mlflow_parent_run_id", parent)
-            study.set_user_attr("tracking_uri", tracker.uri)
-        elif "mlflow_experiment_id" in study.user_attrs:  # resumed: tag older experiments
-            tracker.tag_experiment(str(study.user_attrs["mlflow_experiment_id"]))
-        study.set_user_attr("spec", spec.to_dict())  # seeds may have grown
-        study.set_user_attr("fingerprint", spec.fingerprint())
-        study.set_user_attr("reference_cell", cell_id(spec.reference_cell()))
-        study.set_user_attr("direction_maximize", spec.maximize)
+            write_tracking(study, experiment_id, parent, tracker.uri)
+        elif stored.experiment_id is not None:  # resumed: tag older experiments
+            tracker.tag_experiment(stored.experiment_id)
+        write_grid(study, spec)  # seeds may have grown
         reap_dead_trials(study)
         close_orphan_runs(study, tracker)
         counts = enqueue_missing(study, [(cell_id(c), s) for c, s in spec.trials()],
                                  retry_failed=retry_failed)
-        study.set_user_attr(QUEUED, True)
+        mark_queued(study)
     return Prepared(study, spec, *counts)
 
 
@@ -90,22 +92,12 @@ def name_objective(study: optuna.Study, metric: str) -> None:
         study.set_metric_names([metric])
 
 
-QUEUED = "grid_queued"  # set once the grid is in the queue: workers may start pulling
-
-
 def _check_same_study(study: optuna.Study, spec: StudySpec, tracker: Tracker) -> None:
     """One-line errors for a study of that name that is not this one, or tracked elsewhere."""
-    attrs, name = study.user_attrs, spec.study_name
-    if "fingerprint" in attrs and attrs["fingerprint"] != spec.fingerprint():
-        old = attrs["spec"]
-        raise UsageError(
-            f"study {name!r} exists with a different grid (vary={','.join(old['vary']) or '-'}, "
-            f"set={old['set']}); pass --study NEW_NAME to start another"
-        )
-    if "fingerprint" not in attrs and study.trials:
-        raise UsageError(f"study {name!r} exists and was not made by gct-ablate; choose --study")
+    name = spec.study_name
+    verify(study, spec)
     check_tracking_uri(study, tracker.uri)
-    parent = attrs.get("mlflow_parent_run_id")
+    parent = stored_study(study).parent_run_id
     if parent and not tracker.has_run(parent):
         raise UsageError(f"study {name!r}: its MLflow parent run {parent} is not in "
                          f"{mask_url(tracker.uri)} (was the tracking store moved or deleted?); "
@@ -118,8 +110,8 @@ def check_tracking_uri(study: optuna.Study, uri: str) -> None:
     Another URI for the same store (a server reached under another name) is accepted: it
     holds the study's parent run. A local store that does not exist yet is not created.
     """
-    attrs = study.user_attrs
-    stored, parent = attrs.get("tracking_uri"), attrs.get("mlflow_parent_run_id")
+    found = stored_study(study)
+    stored, parent = found.tracking_uri, found.parent_run_id
     if not stored or stored == uri:
         return
     path = sqlite_path(uri)
@@ -133,20 +125,6 @@ def check_tracking_uri(study: optuna.Study, uri: str) -> None:
             "of its first run)")
 
 
-def trials_by_key(study: optuna.Study) -> dict[tuple[str, int], list[FrozenTrial]]:
-    """The study's trials grouped by (cell id, seed)."""
-    by_key: dict[tuple[str, int], list[FrozenTrial]] = {}
-    for t in study.get_trials(deepcopy=False):
-        key = _trial_key(t)
-        if key is not None:
-            by_key.setdefault(key, []).append(t)
-    return by_key
-
-
-LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
 def enqueue_missing(study: optuna.Study, wanted: list[tuple[str, int]], *,
                     retry_failed: bool = False) -> tuple[int, int, int]:
     """Queue each (cell id, seed) that has no live trial; (enqueued, done, failed left).
@@ -154,8 +132,19 @@ def enqueue_missing(study: optuna.Study, wanted: list[tuple[str, int]], *,
     The caller holds the study's lock (:func:`gct_ablate.locks.study_lock`), so that two
     processes never queue the same cell x seed.
     """
-    by_key = trials_by_key(study)
-    enqueued = done = failed_left = 0
+    queue, done, failed_left = missing(study, wanted, retry_failed=retry_failed)
+    for cell, seed in queue:
+        enqueue_cell(study, cell, seed)
+    return len(queue), done, failed_left
+
+
+def missing(study: optuna.Study | None, wanted: list[tuple[str, int]], *,
+            retry_failed: bool = False) -> tuple[list[tuple[str, int]], int, int]:
+    """What :func:`enqueue_missing` would queue, nothing written: (cell x seeds to queue,
+    done, failed left); ``study`` None: a study not created yet."""
+    by_key = trials_by_key(study) if study is not None else {}
+    queue: list[tuple[str, int]] = []
+    done = failed_left = 0
     for cell, seed in wanted:
         trials = by_key.get((cell, seed), [])
         if any(t.state in DONE for t in trials):
@@ -165,10 +154,8 @@ def enqueue_missing(study: optuna.Study, wanted: list[tuple[str, int]], *,
         elif trials and not retry_failed:
             failed_left += 1
         else:
-            params = dict(parse_cell_id(cell))
-            study.enqueue_trial(params, user_attrs={"cell": cell, "seed": seed})
-            enqueued += 1
-    return enqueued, done, failed_left
+            queue.append((cell, seed))
+    return queue, done, failed_left
 
 
 def find_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
@@ -178,10 +165,5 @@ def find_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.
         study = optuna.load_study(study_name=spec.study_name, storage=storage)
     except KeyError:
         return None
-    old = study.user_attrs.get("spec")
-    if study.user_attrs.get("fingerprint") not in (None, spec.fingerprint()):
-        raise UsageError(
-            f"study {spec.study_name!r} exists with a different grid (vary="
-            f"{','.join(old['vary']) or '-'}, set={old['set']}, design="
-            f"{old.get('design', 'full')}); pass --study NEW_NAME to start another")
+    verify(study, spec)
     return study

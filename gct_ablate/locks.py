@@ -160,7 +160,7 @@ def database_lock(url: str, name: str, engine: Any = None
 
 def storage_lock(storage: Any, name: str) -> contextlib.AbstractContextManager[None]:
     """Lock ``name`` on an Optuna storage: its journal file, or its database."""
-    from gct_ablate import _optuna
+    from gct_ablate.store import _optuna
 
     journal = _optuna.journal_path(storage)
     if journal is not None:
@@ -173,6 +173,6 @@ def storage_lock(storage: Any, name: str) -> contextlib.AbstractContextManager[N
 
 def study_lock(study: Any) -> contextlib.AbstractContextManager[None]:
     """The lock under which a study is created, its grid queued and trials re-queued."""
-    from gct_ablate import _optuna
+    from gct_ablate.store import _optuna
 
     return storage_lock(_optuna.storage_of(study), f"study:{study.study_name}")

@@ -16,11 +16,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from gct_ablate import _optuna
 from gct_ablate.locks import study_lock
+from gct_ablate.store import _optuna, keys
+from gct_ablate.store.records import LIVE, stored_study, stored_trial, stored_trials
+from gct_ablate.store.write import add_retry
 from gct_ablate.tracking import Tracker
-
-LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
 
 
 def _process_token(pid: int) -> str | None:
@@ -51,29 +51,23 @@ def _is_dead_here(trial: FrozenTrial) -> bool:
     The owner writes host, pid, proc one by one (see :func:`owner`): without "proc" yet,
     only a pid with no live process at all counts as dead, never a live one still writing.
     """
-    attrs = trial.user_attrs
-    if attrs.get("host") != socket.gethostname() or "pid" not in attrs:
+    stored = stored_trial(trial)
+    if stored.host != socket.gethostname() or stored.pid is None:
         return False
-    token = _process_token(int(attrs["pid"]))
-    if "proc" not in attrs:
+    token = _process_token(int(stored.pid))
+    if stored.proc is None:
         return token is None
-    return token != attrs["proc"]
+    return token != stored.proc
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial, reason: str = "") -> bool:
     """Put a copy of a failed trial's cell x seed back in the queue, unless that cell x seed
     already has a live trial (queued, running or finished); True if queued."""
-    cell, seed = trial.user_attrs["cell"], trial.user_attrs["seed"]
+    key = stored_trial(trial).key
     with study_lock(study):
-        for t in study.get_trials(deepcopy=False, states=LIVE):
-            if t.user_attrs.get("cell") == cell and t.user_attrs.get("seed") == seed:
-                return False
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            user_attrs={"cell": cell, "seed": seed, "retry_of": trial.number,
-                        "retry_reason": reason},
-            system_attrs={"fixed_params": trial.params},
-        ))
+        if any(t.key == key for t in stored_trials(study, LIVE)):
+            return False
+        add_retry(study, trial, reason)
     return True
 
 
@@ -81,7 +75,7 @@ def requeue_stale(study: optuna.Study, trial: FrozenTrial) -> None:
     """Optuna's heartbeat callback: the trial is already FAIL; redo its cell x seed."""
     reason = "worker lost (no heartbeat)"
     end_mlflow(study, trial, "KILLED", reason)
-    if "cell" in trial.user_attrs:
+    if stored_trial(trial).key is not None:
         requeue(study, trial, reason)
 
 
@@ -92,7 +86,7 @@ def reap_dead_trials(study: optuna.Study) -> int:
         optuna.storages.fail_stale_trials(study)
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = f"worker died (pid {t.user_attrs.get('pid')})"
+        reason = f"worker died (pid {stored_trial(t).pid})"
         if _is_dead_here(t) and fail_and_requeue(study, t, reason):
             n += 1
     return n
@@ -115,7 +109,7 @@ def fail_and_requeue(
 
 
 def end_mlflow(study: optuna.Study, trial: FrozenTrial, status: str, reason: str) -> None:
-    run_id, uri = trial.user_attrs.get("mlflow_run_id"), study.user_attrs.get("tracking_uri")
+    run_id, uri = stored_trial(trial).run_id, stored_study(study).tracking_uri
     if run_id and uri:
         with contextlib.suppress(Exception):  # tracking is best effort for a dead trial
             Tracker(uri).end_trial(run_id, status, reason)
@@ -126,19 +120,19 @@ def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> int:
     creating its run and storing the run id on its trial; the number closed.
 
     An orphan is a RUNNING trial run that no trial points to, whose trial (by its
-    ``optuna_trial_number`` tag) is no longer running. The trial itself is failed and
+    trial-number tag) is no longer running. The trial itself is failed and
     re-queued by :func:`reap_dead_trials`; its re-run gets its own MLflow run.
     """
-    experiment = study.user_attrs.get("mlflow_experiment_id")
+    experiment = stored_study(study).experiment_id
     if not experiment:
         return 0
     runs = tracker.running_trial_runs(experiment)  # before the trials: a run listed here was
     trials = study.get_trials(deepcopy=False)  # made after its trial was popped (RUNNING)
     running = {t.number for t in trials if t.state == TrialState.RUNNING}
-    known = {t.user_attrs.get("mlflow_run_id") for t in trials}
+    known = {stored_trial(t).run_id for t in trials}
     closed = 0
     for run in runs:
-        number = run.data.tags.get("optuna_trial_number", "")
+        number = run.data.tags.get(keys.TAG_TRIAL_NUMBER, "")
         if run.info.run_id in known or (number.isdigit() and int(number) in running):
             continue
         tracker.end_trial(run.info.run_id, "KILLED",

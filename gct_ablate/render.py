@@ -24,6 +24,7 @@ from gct_ablate.designs import summary_line
 from gct_ablate.errors import SummaryError
 from gct_ablate.spec import OUTPUT_FORMATS
 from gct_ablate.stats import CellStats, Summary
+from gct_ablate.store import keys
 
 FORMATS = OUTPUT_FORMATS
 TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False,
@@ -108,8 +109,8 @@ def _counts_line(s: Summary) -> str:
 
 
 def _tracking_line(s: Summary) -> str:
-    names = {"mlflow_experiment_id": "experiment", "mlflow_parent_run_id": "parent run",
-             "tracking_uri": "tracking"}
+    names = {keys.EXPERIMENT_ID: "experiment", keys.PARENT_RUN_ID: "parent run",
+             keys.TRACKING_URI: "tracking"}
     return "MLflow: " + ", ".join(f"{names.get(k, k)} {v}" for k, v in s.tracking.items())
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from gct_ablate.checkpoint import _atomic_write
+from gct_ablate._util import write_atomic
 from gct_ablate.spec import TrialConfig
 
 FORMAT = "gct-ablate-trial-state/1"
@@ -108,7 +108,7 @@ class TrainingState:
         buf = io.BytesIO()
         torch.save({**state, **self.extra, "format": FORMAT, "identity": self.identity}, buf)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path, buf.getvalue())
+        write_atomic(self.path, buf.getvalue())
         self._since = time.monotonic()
         self._cost = self._since - start
         self.saves += 1

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -25,6 +24,7 @@ from rich.text import Text
 from gct_ablate._util import stop_signals, tune_malloc
 from gct_ablate.devices import gpu_index
 from gct_ablate.storage import load_study, open_storage
+from gct_ablate.store.records import StoredTrial, stored_trials
 from gct_ablate.worker import Interrupted, WorkerOptions, interrupted_by, run_worker
 
 
@@ -55,26 +55,24 @@ def _worker_main(opts: WorkerOptions) -> None:
         sys.exit(130)
 
 
-_PRIORITY = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2,
-             TrialState.WAITING: 3, TrialState.FAIL: 4}
+_PRIORITY = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 
 
 def progress(study: optuna.Study) -> dict[str, Any]:
-    """Counts per cell x seed (its most advanced trial) and the running trials."""
-    best: dict[tuple[str, int], optuna.trial.FrozenTrial] = {}
+    """Counts per cell x seed (its most advanced trial) and the running trials (records)."""
+    best: dict[tuple[str, int], StoredTrial] = {}
     durations: list[float] = []
-    for t in study.get_trials(deepcopy=False):
-        if "cell" not in t.user_attrs:
+    for t in stored_trials(study):
+        if t.key is None:
             continue
-        key = (t.user_attrs["cell"], int(t.user_attrs["seed"]))
-        if key not in best or _PRIORITY[t.state] < _PRIORITY[best[key].state]:
-            best[key] = t
-        if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete:
-            durations.append((t.datetime_complete - t.datetime_start).total_seconds())
+        if t.key not in best or _PRIORITY[t.state] < _PRIORITY[best[t.key].state]:
+            best[t.key] = t
+        if t.state == "COMPLETE" and t.started and t.completed:
+            durations.append((t.completed - t.started).total_seconds())
     counts = {"complete": 0, "pruned": 0, "running": 0, "waiting": 0, "fail": 0}
     for t in best.values():
-        counts[t.state.name.lower()] += 1
-    running = [t for t in best.values() if t.state == TrialState.RUNNING]
+        counts[t.state.lower()] += 1
+    running = [t for t in best.values() if t.state == "RUNNING"]
     return {"counts": counts, "running": running, "durations": durations, "total": len(best)}
 
 
@@ -100,10 +98,8 @@ def _render(name: str, info: dict[str, Any], epochs: int, started: float, worker
     for col in ("trial", "cell", "seed", "epoch", "worker", "device"):
         table.add_column(col)
     for t in sorted(info["running"], key=lambda t: t.number)[:8]:
-        epoch = len(t.intermediate_values)
-        table.add_row(str(t.number), t.user_attrs["cell"] or "-", str(t.user_attrs["seed"]),
-                      f"{epoch}/{epochs}", f"{t.user_attrs.get('host', '?')}:"
-                      f"{t.user_attrs.get('pid', '?')}", str(t.user_attrs.get("device", "?")))
+        table.add_row(str(t.number), t.cell or "-", str(t.seed), f"{len(t.curve)}/{epochs}",
+                      f"{t.host or '?'}:{t.pid or '?'}", t.device or "?")
     return Group(head, table) if info["running"] else head
 
 
@@ -114,7 +110,9 @@ class LiveDisplay:
         self.opts, self.epochs, self.workers, self.console = opts, epochs, workers, console
         self.started = time.monotonic()
         self._stop = threading.Event()
-        storage = open_storage(opts.storage, Path(opts.out_dir))
+        storage = open_storage(opts.storage, Path(opts.out_dir),
+                               heartbeat_interval=opts.heartbeat_interval,
+                               grace_period=opts.grace_period)
         self.study = load_study(storage, opts.study_name)
         self.live = Live(console=console, refresh_per_second=4, transient=False)
         self.thread = threading.Thread(target=self._loop, daemon=True)

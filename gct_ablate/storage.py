@@ -25,7 +25,44 @@ def storage_label(storage: str | None, out_dir: Path) -> str:
     return mask_url(storage) if storage else str((out_dir / JOURNAL_NAME).resolve())
 
 
+_OPENED: dict[tuple[Any, ...], optuna.storages.BaseStorage] = {}
+
+
 def open_storage(
+    storage: str | None,
+    out_dir: Path,
+    *,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
+) -> optuna.storages.BaseStorage:
+    """The storage (see :func:`_open_new`), opened once per process: every later call for
+    the same storage returns the same handle (a journal file replaced since counts as
+    another storage)."""
+    key = _identity(storage, out_dir, heartbeat_interval, grace_period)
+    if key in _OPENED:
+        return _OPENED[key]
+    opened = _open_new(storage, out_dir, heartbeat_interval=heartbeat_interval,
+                       grace_period=grace_period)
+    key = _identity(storage, out_dir, heartbeat_interval, grace_period)  # a new file now
+    if key[-1] is not None:
+        _OPENED[key] = opened
+    return opened
+
+
+def _identity(storage: str | None, out_dir: Path, heartbeat_interval: int,
+              grace_period: int) -> tuple[Any, ...]:
+    if storage is None or storage.endswith(".journal") or storage.startswith("journal:"):
+        path = (out_dir / JOURNAL_NAME if storage is None
+                else Path(storage.removeprefix("journal:"))).resolve()
+        try:
+            stat = path.stat()
+        except OSError:
+            return ("journal", str(path), None)  # created by the open: not kept
+        return ("journal", str(path), stat.st_dev, stat.st_ino)
+    return ("rdb", storage, heartbeat_interval, grace_period)
+
+
+def _open_new(
     storage: str | None,
     out_dir: Path,
     *,

@@ -1,13 +1,5 @@
-"""The study API: run a grid end to end, join one as a worker, read a summary back.
-
-A notebook drives a study the way ``gct-ablate run`` does::
-
-    import gct_ablate as ga
-
-    spec = ga.StudySpec(vary=("p",), levels={"p": ("1", "2")}, fixed={"epochs": "3"})
-    summary = ga.run_study(spec, out="runs", workers=2)
-    for cell in summary.cells:
-        print(cell.cell, cell.mean, cell.verdict)
+"""The study API around the three steps of :mod:`gct_ablate.steps` (plan, execute,
+finish): join a study as a worker, finish it, read its summary and progress back.
 
 Every function here raises :class:`gct_ablate.errors.UsageError` (one line) on bad
 input, before anything is stored or trained.
@@ -17,43 +9,25 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gct_ablate._util import DEFAULT_OUT
-from gct_ablate.cost import CostEstimate, CostLimits, check_cost, estimate_cost
 from gct_ablate.devices import cuda_count, worker_devices
 from gct_ablate.errors import StudyNotFound, UsageError
-from gct_ablate.grid import QUEUED, check_tracking_uri, find_study, prepare_study, spec_from_attrs
+from gct_ablate.grid import check_tracking_uri, spec_from_attrs
 from gct_ablate.locks import study_lock
 from gct_ablate.spec import StudySpec, TrialConfig
-from gct_ablate.storage import HEARTBEAT_INTERVAL, load_study, open_storage, storage_label
+from gct_ablate.storage import HEARTBEAT_INTERVAL, load_study, open_storage
+from gct_ablate.store.open import verify
+from gct_ablate.store.records import StoredTrial, stored_study, stored_trials
 from gct_ablate.summary import Summary, load_results, summarize
-from gct_ablate.tracking import Tracker, check_tracking, resolve_tracking_uri
-from gct_ablate.worker import WorkerOptions, make_pruner
+from gct_ablate.tracking import Tracker, check_tracking
+from gct_ablate.worker import WorkerOptions
 
 WAIT_FOR_STUDY = 300.0  # seconds a worker waits for its study to be created
-
-
-@dataclass(frozen=True)
-class StudyPlan:
-    """What a start found and queued, before any training (what ``run`` prints first)."""
-
-    name: str
-    cells: int
-    seeds: int
-    total: int  # cells x seeds
-    done: int
-    enqueued: int
-    failed_left: int  # failed cell x seeds not re-queued (``retry_failed`` re-queues them)
-    workers: int
-    storage: str  # where the Optuna storage is (passwords masked)
-    tracking_uri: str
-    out: Path
-    estimate: CostEstimate | None = None  # None when the cost check was off
-    devices: tuple[str, ...] = ()  # the device of each local worker
 
 
 def output_dir(out: str | Path) -> Path:
@@ -96,102 +70,13 @@ def preflight_data(spec: StudySpec, tracking_uri: str | None = None) -> None:
     check_init(spec, tracking_uri)
 
 
-def run_study(
-    spec: StudySpec,
-    *,
-    out: str | Path = DEFAULT_OUT,
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-    workers: int | None = None,
-    pruner: str = "none",
-    retry_failed: bool = False,
-    heartbeat: int = HEARTBEAT_INTERVAL,
-    console: Any = None,
-    on_plan: Callable[[StudyPlan], None] | None = None,
-    on_look: Callable[[Any, int], None] | None = None,
-    limits: CostLimits | None = CostLimits(),
-    confirm: Callable[[CostEstimate], bool] | None = None,
-    gpus: str | Sequence[int] | None = None,
-) -> Summary:
-    """Create or resume the study, run every queued cell x seed, and summarise it.
-
-    ``out`` holds the local stores (Optuna journal, MLflow SQLite, artifacts) unless
-    ``storage`` (an Optuna RDB URL or a ``*.journal`` path) and ``tracking_uri`` say
-    otherwise. ``workers`` local processes share the queue (default
-    :func:`default_workers`). ``console``: a rich Console for the live progress display
-    (None: no display). ``on_plan`` is called once the grid is queued, before training.
-    Calling it again resumes: finished cells are skipped. The summary is logged to the
-    study's MLflow parent run, which is finished once no trial is left.
-
-    An adaptive spec (``max_seeds`` and ``seed_batch`` set) adds seeds look by look until
-    every cell is decided (:mod:`gct_ablate.adaptive`); ``on_look(result, seeds queued)``
-    is called after each look. A study started adaptive stays so when resumed.
-
-    Before anything is queued the cost is estimated (:mod:`gct_ablate.cost`); above
-    ``limits`` the study starts only if ``confirm(estimate)`` returns True, else a one-line
-    :class:`gct_ablate.cost.TooCostly`. ``limits=None`` skips the check.
-
-    With CUDA the workers are placed round-robin over ``gpus`` (indices among the visible
-    GPUs, e.g. ``"0,2"``; default: all of them), several per GPU when there are more
-    workers than GPUs; each trial records its device (Optuna user attribute and MLflow tag
-    ``device``). Without CUDA, ``gpus`` is a one-line error.
-    """
-    from gct_ablate.runner import run_workers
-
-    make_pruner(pruner)
-    n_workers = workers or default_workers()
-    devices = place(spec.base.device, n_workers, gpus)
-    preflight_data(spec)  # bad data: refused before any folder or store is made
-    out = output_dir(out)
-    uri = resolve_tracking_uri(out, tracking_uri)
-    opened = open_storage(storage, out, heartbeat_interval=heartbeat,
-                          grace_period=3 * heartbeat)
-    existing = find_study(spec, opened)  # another grid of that name: refused here
-    if existing is not None:  # before touching any store: tracked elsewhere is refused
-        check_tracking_uri(existing, uri)
-        spec = _keep_schedule(existing, spec)
-    estimate = None
-    if limits is not None:  # before anything is queued or any MLflow store is made
-        estimate = estimate_cost(spec, existing, workers=n_workers, limits=limits)
-        check_cost(estimate, confirm)
-    check_tracking(uri)
-    tracker = Tracker(uri, artifact_root=out / "mlartifacts")
-    prepared = prepare_study(spec, opened, tracker, retry_failed=retry_failed)
-    if on_plan is not None:
-        on_plan(StudyPlan(
-            name=spec.study_name, cells=len(spec.cells()), seeds=spec.seeds,
-            total=len(spec.trials()), done=prepared.done, enqueued=prepared.enqueued,
-            failed_left=prepared.failed_left, workers=n_workers,
-            storage=storage_label(storage, out), tracking_uri=uri, out=out,
-            estimate=estimate, devices=tuple(devices)))
-    opts = WorkerOptions(study_name=spec.study_name, storage=storage, out_dir=str(out),
-                         base=spec.base, tracking_uri=tracking_uri, pruner=pruner,
-                         heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
-    epochs = spec.config(()).epochs
-
-    def work() -> None:
-        failed = run_workers(opts, n_workers, epochs, console, devices)
-        if failed and console is not None:
-            console.print(f"[red]{len(failed)} worker process(es) stopped with an error "
-                          f"(exit {', '.join(map(str, failed))}); their trials were "
-                          "re-queued[/]")
-
-    if spec.adaptive:
-        from gct_ablate.adaptive import run_until_decided
-
-        run_until_decided(prepared.study, opened, spec, work, on_look=on_look)
-    else:
-        work()
-    return finish_study(opened, spec.study_name, tracker, out, margin=spec.margin)
-
-
-def _keep_schedule(existing: Any, spec: StudySpec) -> StudySpec:
+def keep_schedule(existing: Any, spec: StudySpec) -> StudySpec:
     """A resumed adaptive study keeps its stored look schedule (refused if changed)."""
     import dataclasses
 
     from gct_ablate.adaptive import check_same_schedule
 
-    stored = existing.user_attrs.get("spec") or {}
+    stored = stored_study(existing).spec or {}
     check_same_schedule(stored, spec)
     if spec.adaptive or not stored.get("max_seeds"):
         return spec
@@ -207,7 +92,7 @@ def finish_study(storage: Any, name: str, tracker: Tracker, out: Path,
     run when no trial is waiting or running. ``margin``: points of the metric (default: the
     stored spec's, else the metric's default)."""
     from gct_ablate import summary as sm
-    from gct_ablate.analysis import density, report
+    from gct_ablate.analysis import report
     from gct_ablate.analysis._figures import slug
     from gct_ablate.runner import progress
 
@@ -215,13 +100,16 @@ def finish_study(storage: Any, name: str, tracker: Tracker, out: Path,
     with study_lock(study):  # processes finishing together: the last one logs it all
         results = load_results(storage, name)
         summary = summarize(results, margin=margin)
-        figures = [sm.plot_levels(summary, out / slug(f"{name}-levels.png"))]
-        if density.applies(summary):
-            figures.append(out / slug(f"{name}-density.png"))
-            density.plot_density(summary).savefig(figures[-1], dpi=110)
-        written = report.build_report(results, summary)
+        written = report.build_report(results, summary)  # every figure, drawn once
+        figures = []
+        for kind in ("levels", "density"):
+            if (drawn := written.figure(kind)) is not None:
+                figures.append(out / slug(f"{name}-{kind}.png"))
+                figures[-1].write_bytes(drawn.png)
+        if written.figure("levels") is None:  # no factor: the report has no levels panel
+            figures.insert(0, sm.plot_levels(summary, out / slug(f"{name}-levels.png")))
         paths = report.save_report(written, report.report_file(out, name))
-        parent = study.user_attrs.get("mlflow_parent_run_id")
+        parent = stored_study(study).parent_run_id
         if parent:
             tracker.log_summary(parent, sm.to_markdown(summary), sm.to_csv(summary), figures)
             report.log_report(tracker, parent, written, paths)
@@ -260,9 +148,10 @@ def join_study(
     found = wait_for_study(open_storage(storage, out), name, wait, console)
     if tracking_uri is not None:
         check_tracking_uri(found, tracking_uri)
-    check_tracking(tracking_uri or found.user_attrs["tracking_uri"])
-    spec = spec_from_attrs(found.user_attrs, base)
-    preflight_data(spec, tracking_uri or found.user_attrs["tracking_uri"])
+    stored = stored_study(found)
+    check_tracking(tracking_uri or stored.tracking_uri)
+    spec = spec_from_attrs(stored.attrs, base)
+    preflight_data(spec, tracking_uri or stored.tracking_uri)
     opts = WorkerOptions(study_name=name, storage=storage, out_dir=str(out), base=base,
                          tracking_uri=tracking_uri, heartbeat_interval=heartbeat,
                          grace_period=3 * heartbeat)
@@ -278,10 +167,8 @@ def wait_for_study(storage: Any, name: str, wait: float, console: Any = None) ->
             found = load_study(storage, name)
         except StudyNotFound as err:
             found, missing = None, err
-        if found is not None and found.user_attrs.get(QUEUED):
+        if found is not None and verify(found).queued:
             return found
-        if found is not None and "fingerprint" not in found.user_attrs and found.trials:
-            raise UsageError(f"study {name!r} was not made by gct-ablate")
         if time.monotonic() >= deadline:
             waited = f" (waited {wait:g} s; see --wait)" if wait else ""
             if found is None:
@@ -314,8 +201,8 @@ def study_progress(name: str, *, out: str | Path = DEFAULT_OUT, storage: str | N
 
     found = load_study(open_storage(storage, Path(out)), name)
     info = progress(found)
-    trials = found.get_trials(deepcopy=False)
-    info["failed"] = [t for t in trials if t.state.name == "FAIL"]
+    trials = stored_trials(found)
+    info["failed"] = [t for t in trials if t.state == "FAIL"]
     info["workers"] = workers_of(trials)
     return info
 
@@ -331,17 +218,17 @@ class WorkerInfo:
     running: int | None  # the number of the trial it runs now
 
 
-def workers_of(trials: Sequence[Any]) -> list[WorkerInfo]:
+def workers_of(trials: Sequence[StoredTrial]) -> list[WorkerInfo]:
     """Every worker (host, pid) that took a trial, with its device: running ones first."""
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     for t in trials:
-        if "pid" not in t.user_attrs:
+        if t.pid is None:
             continue
-        key = (str(t.user_attrs.get("host", "?")), str(t.user_attrs["pid"]))
+        key = (t.host or "?", t.pid)
         w = seen.setdefault(key, {"device": "?", "done": 0, "running": None})
-        w["device"] = str(t.user_attrs.get("device", w["device"]))
-        w["done"] += t.state.name in ("COMPLETE", "PRUNED")
-        if t.state.name == "RUNNING":
+        w["device"] = t.device or w["device"]
+        w["done"] += t.state in ("COMPLETE", "PRUNED")
+        if t.state == "RUNNING":
             w["running"] = t.number
     workers = [WorkerInfo(host, pid, **w) for (host, pid), w in seen.items()]
     return sorted(workers, key=lambda w: (w.running is None, w.host, w.pid))

@@ -23,6 +23,9 @@ from gct_ablate.stats import (
     TrialRecord,
     summarize,
 )
+from gct_ablate.store import keys
+from gct_ablate.store.open import verify
+from gct_ablate.store.records import stored_trials
 
 __all__ = [
     "FORMATS", "CellStats", "FactorStats", "LevelStats", "StudyResults", "Summary",
@@ -60,38 +63,31 @@ def load_results(storage: Any, study_name: str) -> StudyResults:
         existing = ", ".join(sorted(names)) or "none"
         raise StudyNotFound(f"no study {study_name!r} in {shown}; existing studies: {existing}")
     study = optuna.load_study(study_name=study_name, storage=storage)
-    attrs = study.user_attrs
-    spec = attrs.get("spec")
-    if not isinstance(spec, dict):
-        raise SummaryError(f"study {study_name!r} has no 'spec' attribute (not a gct-ablate study)")
+    stored = verify(study, empty_ok=False)
+    spec = stored.spec or {}
     vary = list(spec.get("vary", []))
-    reference = attrs.get("reference_cell")
+    reference = stored.reference_cell
     if reference is None:
         reference = _reference_from_spec(spec)
-    maximize = attrs.get("direction_maximize")
+    maximize = stored.maximize
     if maximize is None:
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     records = []
-    for t in study.get_trials(deepcopy=False):
-        ua = t.user_attrs
-        params = {k: str(v) for k, v in t.params.items()}
-        cell = ua.get("cell")
+    for t in stored_trials(study):
+        cell = t.cell
         if cell is None:
-            cell = cell_id(tuple((n, params[n]) for n in vary if n in params))
-        seed = ua.get("seed")
+            cell = cell_id(tuple((n, t.params[n]) for n in vary if n in t.params))
         records.append(TrialRecord(
-            cell=str(cell), seed=None if seed is None else int(seed), state=t.state.name,
-            value=t.value if t.values is not None and len(t.values) == 1 else None,
-            metrics=dict(ua.get("metrics") or {}), params=params, number=t.number,
-            mlflow_run_id=ua.get("mlflow_run_id"),
-            reason=ua.get("status_reason") or t.system_attrs.get("fail_reason"),
-            curve={int(k): float(v) for k, v in t.intermediate_values.items()},
+            cell=cell, seed=t.seed, state=t.state, value=t.value, metrics=t.metrics,
+            params=t.params, number=t.number, mlflow_run_id=t.run_id, reason=t.reason,
+            curve=t.curve,
         ))
-    tracking = {k: mask_url(str(attrs[k])) for k in ("mlflow_experiment_id", "mlflow_parent_run_id",
-                                           "tracking_uri") if attrs.get(k) is not None}
+    tracking = {k: mask_url(v) for k, v in (
+        (keys.EXPERIMENT_ID, stored.experiment_id), (keys.PARENT_RUN_ID, stored.parent_run_id),
+        (keys.TRACKING_URI, stored.tracking_uri)) if v is not None}
     return StudyResults(spec=spec, reference_cell=str(reference), maximize=bool(maximize),
                         trials=records, study_name=study_name,
-                        fingerprint=attrs.get("fingerprint"), tracking=tracking)
+                        fingerprint=stored.fingerprint, tracking=tracking)
 
 
 def _reference_from_spec(spec: dict[str, Any]) -> str:

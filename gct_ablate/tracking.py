@@ -6,7 +6,6 @@ processes and threads can log at once.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -20,11 +19,12 @@ from gct_ablate._util import mask_url
 from gct_ablate.errors import UsageError
 from gct_ablate.locks import file_lock, sqlite_path
 from gct_ablate.spec import check_name
+from gct_ablate.store import _mlflow, keys
 
-PARENT_TAG = "mlflow.parentRunId"
+PARENT_TAG = keys.TAG_PARENT
 # MLflow 3's UI opens an experiment without this tag on its GenAI trace overview; with it,
 # on the training runs.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+EXPERIMENT_KIND = keys.TAG_EXPERIMENT_KIND
 
 
 def default_tracking_uri(out_dir: Path) -> str:
@@ -100,10 +100,7 @@ def prepare_local_store(path: Path) -> None:
         tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
         tmp.unlink(missing_ok=True)
         try:
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-            store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").as_uri())
-            store.engine.dispose()
+            _mlflow.create_sqlite_store(tmp, (path.parent / "mlartifacts").as_uri())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -113,47 +110,23 @@ def _check_whole(path: Path) -> None:
     import sqlite3
 
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            left = [r[0] for r in db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE "
-                "'\\_alembic\\_tmp\\_%' ESCAPE '\\'")]
+        left = _mlflow.interrupted_migrations(path)
     except sqlite3.DatabaseError as err:
         raise UsageError(f"MLflow store {path} is not a readable SQLite database ({err}); "
                          "move it aside to start a new store") from None
-    version = _schema_version(path)
+    version = _mlflow.schema_version(path)
     if left:
         raise UsageError(
             f"MLflow store {path} is half-migrated: a schema migration was interrupted and left "
             f"table {left[0]}. Recover: back the file up, then run "
             f"`sqlite3 {path} 'DROP TABLE {left[0]}'` and `mlflow db upgrade sqlite:///{path}`; "
             "or move the file aside to start a new store")
-    latest = _latest_schema()
+    latest = _mlflow.latest_schema()
     if version is not None and latest is not None and version != latest:
         raise UsageError(
             f"MLflow store {path} has schema {version}, not {latest} that this MLflow writes: a "
             "migration was interrupted, or another MLflow version made it. Recover: back the "
             f"file up, then run `mlflow db upgrade sqlite:///{path}`; or move it aside")
-
-
-def _schema_version(path: Path) -> str | None:
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        try:
-            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
-        except sqlite3.DatabaseError:
-            return None
-    return row[0] if row else None
-
-
-def _latest_schema() -> str | None:
-    """The schema revision this MLflow writes (None if MLflow no longer says)."""
-    try:
-        from mlflow.store.db.utils import _get_latest_schema_revision
-
-        return _get_latest_schema_revision()
-    except Exception:  # a private helper of MLflow: the check is skipped without it
-        return None
 
 
 def check_credentials(uri: str) -> None:
@@ -228,7 +201,7 @@ class Tracker:
     def start_parent(self, experiment_id: str, study_name: str, spec: dict[str, Any]) -> str:
         run = self.client.create_run(
             experiment_id, run_name=study_name,
-            tags={"gct_ablate.role": "study", "gct_ablate.fingerprint": spec.get("fp", "")},
+            tags={keys.TAG_ROLE: "study", keys.TAG_FINGERPRINT: spec.get("fp", "")},
         )
         params = {"vary": ",".join(spec["vary"]) or "-", "seeds": spec["seeds"],
                   "metric": spec["metric"], "design": spec.get("design", "full")}
@@ -236,7 +209,7 @@ class Tracker:
         params.update({f"levels.{k}": ",".join(v)[:500] for k, v in spec["levels"].items()})
         self.log_params(run.info.run_id, params)
         if spec.get("question"):
-            self.client.set_tag(run.info.run_id, "mlflow.note.content", spec["question"])
+            self.client.set_tag(run.info.run_id, keys.TAG_NOTE, spec["question"])
         return run.info.run_id
 
     def log_summary(
@@ -266,18 +239,13 @@ class Tracker:
         import tempfile
 
         import pandas as pd
-        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
         folder, _, name = path.rpartition("/")
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / name
             pd.DataFrame(table).to_json(local, orient="split", index=False)
             self.client.log_artifact(run_id, str(local), folder or None)
-        logged = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS,
-                                                                      "[]"))
-        entry = {"path": path, "type": "table"}
-        if entry not in logged:
-            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
+        _mlflow.list_table(self.client, run_id, path)
 
     def finish_parent(self, parent_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(parent_id, status=status)
@@ -290,8 +258,8 @@ class Tracker:
         run = self.client.create_run(
             experiment_id,
             run_name=f"{cell or 'single'} seed={seed}",
-            tags={PARENT_TAG: parent_id, "cell": cell, "seed": str(seed),
-                  "optuna_trial_number": str(trial_number), "gct_ablate.role": "trial",
+            tags={PARENT_TAG: parent_id, keys.TAG_CELL: cell, keys.TAG_SEED: str(seed),
+                  keys.TAG_TRIAL_NUMBER: str(trial_number), keys.TAG_ROLE: "trial",
                   **(tags or {})},
         )
         self.log_params(run.info.run_id, params)
@@ -349,11 +317,11 @@ class Tracker:
     def running_trial_runs(self, experiment_id: str) -> list[Any]:
         """The experiment's trial runs that MLflow still shows as RUNNING."""
         return self.client.search_runs(
-            [experiment_id], "attributes.status = 'RUNNING' and tags.`gct_ablate.role` = 'trial'",
+            [experiment_id], f"attributes.status = 'RUNNING' and tags.`{keys.TAG_ROLE}` = 'trial'",
             max_results=10000)
 
     def end_trial(self, run_id: str, status: str, reason: str | None = None) -> None:
         """status: FINISHED, FAILED or KILLED (MLflow's run statuses)."""
         if reason:
-            self.client.set_tag(run_id, "status_reason", reason[:5000])
+            self.client.set_tag(run_id, keys.TAG_STATUS_REASON, reason[:5000])
         self.client.set_terminated(run_id, status=status)

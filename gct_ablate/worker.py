@@ -20,7 +20,6 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from gct_ablate import _optuna
 from gct_ablate._util import mask_url, raise_pending, stop_signals
 from gct_ablate.errors import UsageError
 from gct_ablate.grid import distributions, spec_from_attrs
@@ -28,6 +27,9 @@ from gct_ablate.recovery import fail_and_requeue, owner, reap_dead_trials, reque
 from gct_ablate.resume import TrainingState, state_dir, state_path
 from gct_ablate.spec import Cell, StudySpec, TrialConfig, cell_id, parse_cell_id
 from gct_ablate.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, load_study, open_storage
+from gct_ablate.store import _optuna, keys
+from gct_ablate.store.records import stored_study, stored_trial, stored_trials
+from gct_ablate.store.write import label
 from gct_ablate.tracking import Tracker
 
 POLL = 0.5  # seconds between queue polls while others still run
@@ -63,11 +65,11 @@ def _heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
 
 def _should_wait(study: optuna.Study) -> bool:
     """Others still run trials that may come back to the queue if their worker dies."""
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    running = stored_trials(study, (TrialState.RUNNING,))
     if _optuna.heartbeat_interval(study):
         return bool(running)
     here = socket.gethostname()
-    return any(t.user_attrs.get("host", here) == here for t in running)
+    return any((t.host or here) == here for t in running)
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,9 @@ def _run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | Non
                            grace_period=opts.grace_period)
     study = load_study(storage, opts.study_name)
     study.pruner = make_pruner(opts.pruner)
-    spec = spec_from_attrs(study.user_attrs, opts.base)
-    uri = opts.tracking_uri or study.user_attrs["tracking_uri"]
+    stored = stored_study(study)
+    spec = spec_from_attrs(stored.attrs, opts.base)
+    uri = opts.tracking_uri or stored.tracking_uri
     tracker = Tracker(uri, artifact_root=Path(opts.out_dir) / "mlartifacts")
     ran = 0
     while opts.max_trials is None or ran < opts.max_trials:
@@ -169,29 +172,30 @@ def run_trial(
     a trial whose cell x seed has a saved state resumes from it, continuing its MLflow run.
     """
     trial = optuna.Trial(study, trial_id)
-    for key, value in owner().items():
-        trial.set_user_attr(key, value)
-    cell: Cell = parse_cell_id(trial.user_attrs["cell"])
-    seed = int(trial.user_attrs["seed"])
+    label(trial, **owner())
+    queued = stored_trial(_optuna.get_trial(study, trial_id))
+    cell: Cell = parse_cell_id(queued.cell or "")
+    seed = int(queued.seed or 0)
     for name, dist in distributions(spec).items():
         trial.suggest_categorical(name, dist.choices)
     cfg = spec.config(cell, seed)
     device = device_label(cfg.device)
-    trial.set_user_attr("device", device)
+    label(trial, device=device)
+    stored = stored_study(study)
     state = None
     if out_dir is not None:
         state = TrainingState(state_path(state_dir(out_dir, cfg), study.study_name, cell_id(cell),
                                       seed), cfg)
         state.load()
     saved = state.loaded if state is not None else None
-    run_id = _continued_run(tracker, saved, trial.number, study.user_attrs["mlflow_experiment_id"])
+    run_id = _continued_run(tracker, saved, trial.number, stored.experiment_id)
     if run_id is None:
         run_id = tracker.start_trial(
-            study.user_attrs["mlflow_experiment_id"], study.user_attrs["mlflow_parent_run_id"],
-            cell=cell_id(cell), seed=seed, trial_number=trial.number,
-            params={**cfg.factor_levels(), "seed": seed}, tags={"device": device},
+            stored.experiment_id, stored.parent_run_id, cell=cell_id(cell), seed=seed,
+            trial_number=trial.number, params={**cfg.factor_levels(), "seed": seed},
+            tags={keys.TAG_DEVICE: device},
         )
-    trial.set_user_attr("mlflow_run_id", run_id)
+    label(trial, run_id=run_id)
     if on_event:
         on_event("start", {"number": trial.number, "cell": cell_id(cell), "seed": seed})
     done_steps: set[int] = set()  # epochs the continued run has logged already
@@ -228,7 +232,7 @@ def run_trial(
     except optuna.TrialPruned as err:
         if state is not None:
             state.remove()
-        trial.set_user_attr("status_reason", str(err))
+        label(trial, reason=str(err))
         tracker.end_trial(run_id, "FINISHED", str(err))
         study.tell(trial, state=TrialState.PRUNED)
         return
@@ -246,7 +250,7 @@ def run_trial(
     step = metrics.get("epochs_done", 0)
     seen = logged if logged.get("_step") == step else {}
     tracker.log_metrics(run_id, {k: v for k, v in final.items() if seen.get(k) != v}, step=step)
-    trial.set_user_attr("metrics", final)
+    label(trial, metrics=final)
     if state is not None:  # finished (or diverged, which a rerun would repeat)
         state.remove()
     if metrics["status"] != "ok":
@@ -271,8 +275,8 @@ def _continued_run(tracker: Tracker, saved: dict[str, Any] | None, number: int,
         tracker.client.update_run(run_id, status="RUNNING")
     except Exception:  # deleted, or another tracking store: start a new run
         return None
-    tracker.client.set_tag(run_id, "optuna_trial_number", str(number))
-    tracker.client.set_tag(run_id, "resumed_from_epoch", str(saved["epoch"]))
+    tracker.client.set_tag(run_id, keys.TAG_TRIAL_NUMBER, str(number))
+    tracker.client.set_tag(run_id, keys.TAG_RESUMED_FROM, str(saved["epoch"]))
     return run_id
 
 
@@ -280,7 +284,7 @@ def _resume_history(trial: optuna.Trial, tracker: Tracker, run_id: str, saved: d
                     metric: str) -> set[int]:
     """Give the resumed trial the epochs before its saved state: reported to Optuna, logged
     to MLflow where the killed run had not; returns the epochs the run has logged."""
-    trial.set_user_attr("resumed_from_epoch", saved["epoch"])
+    label(trial, resumed_from=saved["epoch"])
     logged = {m.step for m in tracker.client.get_metric_history(run_id, metric)}
     for row in saved["history"]:
         epoch = int(row["epoch"])
@@ -309,7 +313,7 @@ def device_label(name: str) -> str:
 
 
 def _fail(study, trial, tracker, run_id, reason: str, mlflow_status: str) -> None:
-    trial.set_user_attr("status_reason", reason)
+    label(trial, reason=reason)
     with contextlib.suppress(Exception):
         tracker.end_trial(run_id, mlflow_status, reason)
     study.tell(trial, state=TrialState.FAIL)

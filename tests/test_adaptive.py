@@ -14,12 +14,12 @@ from conftest import TINY, assert_each_once, run_cli
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from gct_ablate._optuna import fail_running
 from gct_ablate.adaptive import check_same_schedule, next_look, schedule_of
 from gct_ablate.errors import UsageError
 from gct_ablate.grid import prepare_study
 from gct_ablate.spec import StudySpec, TrialConfig
 from gct_ablate.storage import open_storage
+from gct_ablate.store._optuna import fail_running
 from gct_ablate.tracking import Tracker, default_tracking_uri
 
 CELLS = ("p=1", "p=2", "p=inf")

@@ -26,17 +26,19 @@ def test_a_tiny_study_through_the_python_api(tmp_path) -> None:
     spec = ga.StudySpec(vary=("p",), levels={"p": ("1", "2")}, seeds=2, name="api",
                         fixed={"epochs": "1"},
                         base=ga.TrialConfig(threads=1, save_model=False))
-    plans = []
-    summary = ga.run_study(spec, out=tmp_path, workers=1, on_plan=plans.append)
-    assert plans[0].total == 4 and plans[0].enqueued == 4 and plans[0].done == 0
+    plan = ga.plan(spec, out=tmp_path, workers=1)
+    assert plan.total == 4 and plan.enqueued == 4 and plan.done == 0
+    ga.execute(plan)
+    summary = ga.finish(plan)
     assert [c.cell for c in summary.cells] == ["p=1", "p=2"]
     assert all(c.n == 2 for c in summary.cells)
     assert summary.reference_cell == "p=2"
     assert all(0.0 < v <= 1.0 for c in summary.cells for v in c.values)
     again = ga.load_summary("api", out=tmp_path)
     assert [c.values for c in again.cells] == [c.values for c in summary.cells]
-    resumed = ga.run_study(spec, out=tmp_path, workers=1, on_plan=plans.append)
-    assert plans[1].done == 4 and plans[1].enqueued == 0
+    again_plan = ga.plan(spec, out=tmp_path, workers=1)
+    assert again_plan.done == 4 and again_plan.enqueued == 0
+    resumed = ga.run_study(spec, out=tmp_path, workers=1)
     assert [c.values for c in resumed.cells] == [c.values for c in summary.cells]
 
 

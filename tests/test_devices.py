@@ -17,7 +17,6 @@ from gct_ablate.devices import (
     GpuError,
     gpu_index,
     parse_gpus,
-    physical_name,
     place_workers,
     visible_gpus,
     worker_devices,
@@ -77,12 +76,6 @@ def test_every_gpu_gets_floor_or_ceil_of_its_share(n_workers, gpus):
 ])
 def test_visible_gpus_are_positions_in_the_visible_list(env, count, expected):
     assert visible_gpus(env, count) == expected
-
-
-def test_physical_name_maps_a_visible_index_back():
-    env = {"CUDA_VISIBLE_DEVICES": "2, 3"}
-    assert [physical_name(i, env) for i in (0, 1)] == ["2", "3"]
-    assert physical_name(1, {}) == "1"
 
 
 def test_worker_devices_respect_the_visible_list_and_the_device_option():

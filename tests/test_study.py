@@ -15,7 +15,6 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from rich.console import Console
 
-from gct_ablate._optuna import pop_waiting
 from gct_ablate._util import raise_pending, stop_signals
 from gct_ablate.errors import UsageError
 from gct_ablate.grid import prepare_study
@@ -23,6 +22,7 @@ from gct_ablate.recovery import reap_dead_trials
 from gct_ablate.runner import run_workers
 from gct_ablate.spec import StudySpec, TrialConfig
 from gct_ablate.storage import load_study, open_storage
+from gct_ablate.store._optuna import pop_waiting
 from gct_ablate.tracking import Tracker, default_tracking_uri
 from gct_ablate.worker import Interrupted, WorkerOptions, interrupted_by, run_worker
 

@@ -15,7 +15,6 @@ says so. ``gct-ablate run`` writes it at the end and logs it on the parent run (
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from gct_ablate._util import DEFAULT_OUT
 from gct_ablate.analysis.report_content import Report, ReportFigure, ReportPaths, png
 from gct_ablate.errors import UsageError
 from gct_ablate.stats import StudyResults, Summary, summarize
+from gct_ablate.store import keys
 
 __all__ = ["Report", "ReportFigure", "ReportPaths", "build_report", "log_report",
            "report_file", "save_report", "verdict_table", "write_report"]
@@ -32,49 +32,15 @@ __all__ = ["Report", "ReportFigure", "ReportPaths", "build_report", "log_report"
 
 # ----------------------------------------------------------------------------- artifacts
 def _gates(results: StudyResults, store: Any) -> dict[str, list[list[dict[str, Any]]]]:
-    """cell -> per-seed gate statistics of its COMPLETE trials (cells without GCT left out).
-
-    Runs whose artifacts are local files are read from disk directly (one query for all the
-    runs instead of two calls per run); others are downloaded."""
-    from gct_ablate.artifacts import completed_by_cell
+    """cell -> per-seed gate statistics of its COMPLETE trials (cells without GCT left out)."""
+    from gct_ablate.artifacts import completed_by_cell, gate_stats_by_cell
 
     try:
         groups = completed_by_cell(results)
     except UsageError:
         return {}
-    local = _local_artifact_dirs(results, store)
-    found = {}
-    for cell, trials in groups.items():
-        per_seed = []
-        for t in trials:
-            folder = local.get(t.mlflow_run_id or "")
-            if folder is not None:
-                path = folder / "gates" / "gates.json"
-                stats = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-            else:
-                stats = store.gates(t.mlflow_run_id)
-            if stats:
-                per_seed.append(stats)
-        if per_seed:
-            found[cell] = per_seed
-    return found
-
-
-def _local_artifact_dirs(results: StudyResults, store: Any) -> dict[str, Path]:
-    """run id -> local artifact folder of the study's trial runs stored as local files."""
-    from urllib.parse import unquote, urlparse
-
-    experiment = results.tracking.get("mlflow_experiment_id")
-    if not experiment:
-        return {}
-    runs = store.client.search_runs([experiment], "tags.`gct_ablate.role` = 'trial'",
-                                    max_results=50000)
-    out = {}
-    for run in runs:
-        uri = urlparse(run.info.artifact_uri or "")
-        if uri.scheme == "file" and Path(unquote(uri.path)).is_dir():
-            out[run.info.run_id] = Path(unquote(uri.path))
-    return out
+    return {cell: stats for cell, stats in gate_stats_by_cell(results, store, groups).items()
+            if stats}
 
 
 def _prune_pngs(store: Any, parent: str) -> list[tuple[str, bytes]]:
@@ -96,7 +62,7 @@ def _stored_figures(results: StudyResults, summary: Summary, missing: list[str]
     from gct_ablate.analysis.report_figures import cell_label, gates_heatmap
     from gct_ablate.artifacts import RunStore
 
-    uri = results.tracking.get("tracking_uri")
+    uri = results.tracking.get(keys.TRACKING_URI)
     if not uri:
         missing.append("gates and prune figures: the study has no MLflow tracking URI")
         return []
@@ -104,7 +70,7 @@ def _stored_figures(results: StudyResults, summary: Summary, missing: list[str]
     try:
         with RunStore(uri) as store:
             gates = _gates(results, store)
-            parent = results.tracking.get("mlflow_parent_run_id")
+            parent = results.tracking.get(keys.PARENT_RUN_ID)
             prunes = _prune_pngs(store, parent) if parent else []
     except Exception as err:  # an unreachable or moved store must not lose the report
         missing.append(f"gates and prune figures: MLflow store {uri} not readable "
@@ -256,8 +222,8 @@ def write_report(study: str | None = None, *, out: str | Path = DEFAULT_OUT,
     out = Path(out)
     opened, study = open_named_study(out, storage, study)
     results = load_results(opened, study)
-    parent = results.tracking.get("mlflow_parent_run_id")
-    if log and not (parent and results.tracking.get("tracking_uri")):
+    parent = results.tracking.get(keys.PARENT_RUN_ID)
+    if log and not (parent and results.tracking.get(keys.TRACKING_URI)):
         raise UsageError(f"study {study!r} has no MLflow parent run to log the report on")
     summary = summarize(results, margin=margin)
     report = build_report(results, summary)
@@ -265,6 +231,6 @@ def write_report(study: str | None = None, *, out: str | Path = DEFAULT_OUT,
     if log and parent:
         from gct_ablate.tracking import Tracker
 
-        log_report(Tracker(results.tracking["tracking_uri"]), parent, report, paths)
+        log_report(Tracker(results.tracking[keys.TRACKING_URI]), parent, report, paths)
         paths = ReportPaths(paths.html, paths.markdown, paths.images, parent)
     return paths

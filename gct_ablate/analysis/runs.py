@@ -17,6 +17,7 @@ from typing import Any
 from gct_ablate._util import DEFAULT_OUT
 from gct_ablate.analysis._figures import png_path, save_figure, slug
 from gct_ablate.errors import UsageError
+from gct_ablate.store import keys
 
 
 @dataclass
@@ -37,16 +38,23 @@ def gate_analysis(study: str, *, cell: str | None = None, storage: str | None = 
     (PNG + parent run)."""
     from gct_ablate.analysis.gates import plot_gates, pool_stats
     from gct_ablate.analysis.trend import depth_trend
-    from gct_ablate.artifacts import RunStore, completed_by_cell, load_study_results, tracking_uri
+    from gct_ablate.artifacts import (
+        RunStore,
+        completed_by_cell,
+        gate_stats_by_cell,
+        load_study_results,
+        tracking_uri,
+    )
 
     out = Path(out)
     results = load_study_results(study, storage, out)
     groups = completed_by_cell(results, cell)
-    parent = results.tracking.get("mlflow_parent_run_id")
+    parent = results.tracking.get(keys.PARENT_RUN_ID)
     cells = []
     with RunStore(tracking_uri(results)) as store:
-        for name, trials in groups.items():
-            stats = [s for t in trials if (s := store.gates(t.mlflow_run_id))]
+        by_cell = gate_stats_by_cell(results, store, groups)
+        for name in groups:
+            stats = by_cell[name]
             found = CellGates(name, stats, pool_stats(stats) if stats else [])
             if stats:
                 found.trend = depth_trend(stats)
@@ -106,15 +114,16 @@ class PruneResult:
 def _targets(target: str, cell: str | None, storage: str | None, out: Path,
              tracking_uri: str | None) -> tuple[str, str, str | None, dict[str, list[str]]]:
     """(name, tracking URI, run to log the figure to, {label: run ids}) of a study or run."""
-    from gct_ablate.artifacts import completed_by_cell, find_study, looks_like_run_id
+    from gct_ablate.artifacts import completed_by_cell, find_results
     from gct_ablate.artifacts import tracking_uri as study_uri
+    from gct_ablate.store.keys import looks_like_run_id
     from gct_ablate.tracking import resolve_tracking_uri
 
-    results = find_study(target, storage, out)
+    results = find_results(target, storage, out)
     if results is not None:
         groups = completed_by_cell(results, cell)
         return (target, tracking_uri or study_uri(results),
-                results.tracking.get("mlflow_parent_run_id"),
+                results.tracking.get(keys.PARENT_RUN_ID),
                 {name: [t.mlflow_run_id for t in trials] for name, trials in groups.items()})
     if not looks_like_run_id(target):
         raise UsageError(f"{target!r} is neither a study in {storage or out} nor an MLflow "

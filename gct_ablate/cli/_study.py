@@ -29,6 +29,7 @@ from gct_ablate.cli._options import (
     TrackingUri,
 )
 from gct_ablate.spec import TrialConfig
+from gct_ablate.store import keys
 from gct_ablate.study_file import build_spec
 
 Margin = Annotated[float | None, typer.Option(
@@ -114,19 +115,20 @@ def run(
                                    seed_batch=seed_batch)
     check_format(fmt)
     from gct_ablate.cost import CostLimits
-    from gct_ablate.study import run_study
+    from gct_ablate.steps import execute, finish, plan
     from gct_ablate.tracking import ui_command
     from gct_ablate.worker import Interrupted
 
-    plans: list[Any] = []
+    planned = plan(spec, out=out, storage=storage, tracking_uri=tracking_uri, workers=workers,
+                   pruner=pruner, retry_failed=retry_failed, heartbeat=heartbeat,
+                   limits=None if yes else CostLimits(ask_above_trials, ask_above_hours),
+                   gpus=gpus)
+    if planned.needs_approval:
+        _confirm_cost(planned.estimate)
+    _print_plan(planned)
     try:
-        result = run_study(spec, out=out, storage=storage, tracking_uri=tracking_uri,
-                           workers=workers, pruner=pruner, retry_failed=retry_failed,
-                           heartbeat=heartbeat, console=console,
-                           on_plan=lambda plan: plans.append(_print_plan(plan)),
-                           on_look=_print_look,
-                           limits=None if yes else CostLimits(ask_above_trials, ask_above_hours),
-                           confirm=_confirm_cost, gpus=gpus)
+        execute(planned, console=console, approve_cost=True)
+        result = finish(planned)
     except (KeyboardInterrupt, Interrupted):
         err_console.print("[yellow]Interrupted.[/] Running trials were re-queued; run the "
                           "same command again to resume.")
@@ -134,7 +136,7 @@ def run(
     _print_summary(result, fmt)
     if result.schedule:
         _print_undecided(result)
-    ui = ui_command(plans[0].tracking_uri, result.tracking.get("mlflow_experiment_id"))
+    ui = ui_command(planned.tracking_uri, result.tracking.get(keys.EXPERIMENT_ID))
     console.print(f"\nOpen the runs in MLflow:  [bold]{ui}[/]", soft_wrap=True)
     console.print(f"Summary again later:     gct-ablate summary {spec.study_name}"
                   + _storage_hint(storage, out), highlight=False, soft_wrap=True)
@@ -163,7 +165,7 @@ def _confirm_cost(estimate: Any) -> bool:
     raise typer.Exit(1)
 
 
-def _print_plan(plan: Any) -> Any:
+def _print_plan(plan: Any) -> None:
     console.print(
         f"[bold]{plan.name}[/]: {plan.cells} cells x {plan.seeds} seeds = {plan.total} trials "
         f"({plan.done} done, {plan.enqueued} queued now), {plan.workers} worker(s)"
@@ -175,7 +177,6 @@ def _print_plan(plan: Any) -> Any:
     if plan.failed_left:
         console.print(f"[yellow]{plan.failed_left} failed trial(s) left as they are; "
                       "pass --retry-failed to run them again[/]", soft_wrap=True)
-    return plan
 
 
 def _placement(devices: tuple[str, ...]) -> str:
@@ -184,18 +185,6 @@ def _placement(devices: tuple[str, ...]) -> str:
         return ""
     counts = {d: devices.count(d) for d in dict.fromkeys(devices)}
     return " on " + ", ".join(f"{d} ({n})" if len(counts) > 1 else d for d, n in counts.items())
-
-
-def _print_look(result: Any, queued: int) -> None:
-    """One line per judged look of ``--until-decided``."""
-    n_looks, undecided = result.schedule.n_looks, result.undecided
-    decided = len(result.cells) - len(undecided)
-    line = (f"[bold]look {result.look} of {n_looks}[/] "
-            f"({result.schedule.seeds_at(result.look)} seeds, alpha {result.alpha_look:.3g} "
-            f"per look): {decided} cell(s) decided, {len(undecided)} inconclusive")
-    if queued:
-        line += f"; {queued} more trial(s) queued for the next look"
-    console.print(line, highlight=False)
 
 
 def _print_undecided(summary: Any) -> None:
@@ -287,24 +276,22 @@ def status(
                   f"[magenta]{c['pruned']} pruned[/]")
     hosts: dict[str, list[Any]] = {}
     for t in info["running"]:
-        hosts.setdefault(str(t.user_attrs.get("host", "?")), []).append(t)
+        hosts.setdefault(t.host or "?", []).append(t)
     if hosts:
         table = Table(title="running now")
         for col in ("host", "pid", "device", "trial", "cell", "seed", "epoch", "started"):
             table.add_column(col)
         for host, trials in sorted(hosts.items()):
             for t in trials:
-                table.add_row(host, str(t.user_attrs.get("pid", "?")),
-                              str(t.user_attrs.get("device", "?")), str(t.number),
-                              t.user_attrs["cell"] or "-", str(t.user_attrs["seed"]),
-                              str(len(t.intermediate_values)),
-                              t.datetime_start.strftime("%H:%M:%S") if t.datetime_start else "")
+                table.add_row(host, t.pid or "?", t.device or "?", str(t.number), t.cell or "-",
+                              str(t.seed), str(len(t.curve)),
+                              t.started.strftime("%H:%M:%S") if t.started else "")
         console.print(table)
     _print_workers(info["workers"])
     for t in info["failed"][-5:]:
-        console.print(f"[red]failed[/] trial {t.number} ({t.user_attrs.get('cell', '-')}, "
-                      f"seed {t.user_attrs.get('seed', '-')}): "
-                      f"{t.user_attrs.get('status_reason', 'unknown')}", highlight=False)
+        console.print(f"[red]failed[/] trial {t.number} ({t.cell or '-'}, seed "
+                      f"{'-' if t.seed is None else t.seed}): {t.reason or 'unknown'}",
+                      highlight=False)
 
 
 def _print_workers(workers: list[Any], shown: int = 16) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,13 +10,7 @@ import typer
 
 from gct_ablate._util import tune_malloc
 from gct_ablate.cli._app import app, console, err_console, one_line_errors
-from gct_ablate.cli._options import (
-    DataDir,
-    Device,
-    Download,
-    Threads,
-    factor_option,
-)
+from gct_ablate.cli._config_options import config_parameters, with_parameters
 from gct_ablate.errors import UsageError
 from gct_ablate.factors import FACTORS
 from gct_ablate.spec import TrialConfig
@@ -45,76 +40,43 @@ def factors() -> None:
     console.print(table)
 
 
-@app.command()
-@one_line_errors
-def train(
-    attention: Annotated[str, factor_option("attention")] = "gct",
-    p: Annotated[str, factor_option("p")] = "2",
-    norm: Annotated[str, factor_option("norm")] = "l2",
-    activation: Annotated[str, factor_option("activation")] = "tanh",
-    remove: Annotated[str, factor_option("remove")] = "none",
-    init: Annotated[str, factor_option("init")] = "zeros",
-    alpha_init: Annotated[str, factor_option("alpha_init")] = "ones",
-    after_relu: Annotated[bool, typer.Option(help=FACTORS["after_relu"].help)] = False,
-    placement: Annotated[str, factor_option("placement")] = "every-conv",
-    model: Annotated[str, factor_option("model")] = "resnet20",
-    dataset: Annotated[str, factor_option("dataset")] = "digits",
-    epochs: Annotated[int | None, typer.Option(
-        min=1, help="Training epochs (default 6; with --stages, their sum).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak SGD learning rate (nesterov, momentum 0.9).")]
-    = 0.1,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on beta).")] = 5e-4,
-    beta_decay: Annotated[bool, typer.Option(help="Also decay beta (official: no).")] = False,
-    schedule: Annotated[str, factor_option("schedule")] = "cosine",
-    warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 1,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.0,
-    train_size: Annotated[str, factor_option("train_size")] = "all",
-    val_size: Annotated[str, factor_option("val_size")] = "all",
-    image_size: Annotated[str, factor_option("image_size")] = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same numbers on CPU).")] = 0,
-    device: Device = "auto",
-    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA), bf16, fp16, none.")] = "auto",
-    channels_last: Annotated[bool | None, typer.Option(
-        "--channels-last/--no-channels-last", help="Default: on for CUDA.")] = None,
-    threads: Threads = None,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
-    recompute: Annotated[bool, typer.Option(
-        help="Memory saver: GCT output recomputed in backward instead of stored.")] = False,
-    data_dir: DataDir = None,
-    download: Download = False,
-    stream: Annotated[bool | None, typer.Option(
-        "--stream/--no-stream", help="imagefolder: stream from disk through DataLoader workers "
-        "(default: when the images would take more than --memory-budget-gb in memory).")]
-    = None,
-    memory_budget_gb: Annotated[float, typer.Option(
-        help="imagefolder: the in-memory budget above which it streams.")] = 2.0,
-    loader_workers: Annotated[int | None, typer.Option(
-        min=0, help="Streaming: DataLoader worker processes (default: cores, at most 8).")]
-    = None,
-    init_from: Annotated[str | None, typer.Option(
-        help="Fine-tune: start from this backbone trained with --attention none (a file of "
-        "--save, an MLflow run id, a torchvision ResNet state dict file, or "
-        "torchvision:WEIGHTS from the local torch hub cache); attention is added at "
-        "identity.")] = None,
-    stages: Annotated[str | None, typer.Option(
-        help="With --init-from: gct:E1,joint:E2 trains E1 epochs with only the attention "
-        "parameters trainable (at --gct-lr), then E2 epochs jointly (default: all joint).")]
-    = None,
-    gct_lr: Annotated[float, typer.Option(
-        help="Peak learning rate of the gct stage of --stages.")] = 0.1,
-    save: Annotated[Path | None, typer.Option(
-        help="Write the trained state dict to PATH and its config to PATH.json (read back "
-        "by --init-from and `gct-ablate evaluate`).")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(
-        help="Where an MLflow run id of --init-from is looked up. Default: "
-        "$MLFLOW_TRACKING_URI, else the store in ./gct-ablate-runs.")] = None,
-) -> None:
+_TRAIN_ONLY = [  # the options of `train` that are not TrialConfig fields
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=None)
+    for name, annotation in (
+        ("stages", Annotated[str | None, typer.Option(
+            help="With --init-from: gct:E1,joint:E2 trains E1 epochs with only the attention "
+            "parameters trainable (at --gct-lr), then E2 epochs jointly (default: all joint).")]),
+        ("save", Annotated[Path | None, typer.Option(
+            help="Write the trained state dict to PATH and its config to PATH.json (read back "
+            "by --init-from and `gct-ablate evaluate`).")]),
+        ("tracking_uri", Annotated[str | None, typer.Option(
+            help="Where an MLflow run id of --init-from is looked up. Default: "
+            "$MLFLOW_TRACKING_URI, else the store in ./gct-ablate-runs.")]),
+    )
+]
+_TRAIN_OPTIONS = config_parameters(
+    # from --init-from, --stages and --save; a single run keeps no per-epoch state
+    skip=("training", "gct_epochs", "save_model", "checkpoint_every", "checkpoint_dir",
+          "keep_checkpoints"),
+    own={"epochs": (Annotated[int | None, typer.Option(
+             min=1, help=f"Training epochs (default {TrialConfig.epochs}; with --stages, their "
+             "sum).")], None),
+         "init_from": (Annotated[str | None, typer.Option(
+             help="Fine-tune: start from this backbone trained with --attention none (a file "
+             "of --save, an MLflow run id, a torchvision ResNet state dict file, or "
+             "torchvision:WEIGHTS from the local torch hub cache); attention is added at "
+             "identity.")], None)},
+) + _TRAIN_ONLY
+
+
+def train(*, stages: str | None = None, save: Path | None = None,
+          tracking_uri: str | None = None, **fields: Any) -> None:
     """Train one configuration and print its metrics (no Optuna, no MLflow).
 
     With --init-from it fine-tunes a trained backbone with attention added, printing the
     validation accuracy before training (step 0) and after each stage.
     """
+    epochs, init_from = fields.pop("epochs"), fields.pop("init_from")
     training, gct_epochs = "scratch", 1
     if stages is not None:
         from gct_ablate.finetune import parse_stages
@@ -130,18 +92,8 @@ def train(
         gct_epochs = gct_epochs or 1
     elif init_from is not None:
         training = "finetune-joint"
-    cfg = TrialConfig(
-        attention=attention, p=p, norm=norm, activation=activation, remove=remove, init=init,
-        alpha_init=alpha_init, after_relu=after_relu, placement=placement, model=model,
-        dataset=dataset, epochs=6 if epochs is None else epochs, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, beta_decay=beta_decay, schedule=schedule,
-        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, training=training,
-        init_from=init_from or "none", gct_epochs=gct_epochs, gct_lr=gct_lr, seed=seed,
-        device=device, amp=amp, channels_last=channels_last, threads=threads, compile=compile,
-        recompute=recompute, data_dir=data_dir, download=download, train_size=train_size,
-        val_size=val_size, image_size=image_size, stream=stream,
-        memory_budget_gb=memory_budget_gb, loader_workers=loader_workers,
-    )
+    cfg = TrialConfig(**fields, epochs=TrialConfig.epochs if epochs is None else epochs,
+                      training=training, init_from=init_from or "none", gct_epochs=gct_epochs)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -196,3 +148,7 @@ def train(
     if metrics["status"] != "ok":
         err_console.print(f"[red]run {metrics['status']}[/]: the loss became NaN/inf")
         raise typer.Exit(1)
+
+
+with_parameters(train, _TRAIN_OPTIONS)
+app.command()(one_line_errors(train))

@@ -1,9 +1,11 @@
 """The few places where the tool needs Optuna below its public API, in one module.
 
 A worker pops a WAITING trial by its id, fails a trial it does not own, and beats a
-trial's heartbeat: Optuna's public API has no call for these, so they go through the
-study's storage and the trials' ids (private attributes). If an Optuna release renames
-them, this is the file to change.
+trial's heartbeat; a re-queued copy of a trial fixes its grid parameters; a trial failed
+by Optuna itself says why in a system attribute. Optuna's public API has no call for
+these, so they go through the study's storage, the trials' ids and system attributes
+(private). If an Optuna release renames them, this is the file to change (tests/
+test_library_contracts.py fails first).
 """
 
 from __future__ import annotations
@@ -11,13 +13,11 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from gct_ablate.store.keys import STATUS_REASON
+
 
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage
-
-
-def trial_id(trial: FrozenTrial) -> int:
-    return trial._trial_id
 
 
 def get_trial(study: optuna.Study, trial_id: int) -> FrozenTrial:
@@ -40,7 +40,7 @@ def fail_running(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     """Mark a RUNNING trial FAIL with ``status_reason``; False when it was no longer running."""
     storage = study._storage
     try:
-        storage.set_trial_user_attr(trial._trial_id, "status_reason", reason)
+        storage.set_trial_user_attr(trial._trial_id, STATUS_REASON, reason)
         return bool(storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL))
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
@@ -68,3 +68,16 @@ def rdb_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStor
         return storage
     inner = getattr(storage, "_backend", None)
     return inner if isinstance(inner, optuna.storages.RDBStorage) else None
+
+
+def fail_reason(trial: FrozenTrial) -> str | None:
+    """Why Optuna itself failed a trial (a stale heartbeat), if it did."""
+    return trial.system_attrs.get("fail_reason")
+
+
+def waiting_copy(trial: FrozenTrial, user_attrs: dict) -> FrozenTrial:
+    """A WAITING copy of ``trial`` with its grid parameters fixed (what a worker's
+    ``suggest_categorical`` then returns, as for an enqueued trial)."""
+    return optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs=user_attrs, system_attrs={"fixed_params": trial.params})
