@@ -95,7 +95,7 @@ def look_line(result: LookResult, queued: int) -> str:
     decided = len(result.cells) - len(undecided)
     line = (f"[bold]look {result.look} of {n_looks}[/] "
             f"({result.schedule.seeds_at(result.look)} seeds, alpha {result.alpha_look:.3g} "
-            f"per look): {decided} cell(s) decided, {len(undecided)} inconclusive")
+            f"spent at this look): {decided} cell(s) decided, {len(undecided)} inconclusive")
     if queued:
         line += f"; {queued} more trial(s) queued for the next look"
     return line
