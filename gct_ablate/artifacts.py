@@ -33,7 +33,7 @@ def find_study(name: str, storage: str | None, out_dir: Path) -> StudyResults | 
     if storage is None and not (out_dir / JOURNAL_NAME).exists():
         return None
     try:
-        return load_results(open_storage(storage, out_dir), name)
+        return load_results(open_storage(storage, out_dir, create=False), name)
     except StudyNotFound:
         return None
 

@@ -25,25 +25,43 @@ def storage_label(storage: str | None, out_dir: Path) -> str:
     return mask_url(storage) if storage else str((out_dir / JOURNAL_NAME).resolve())
 
 
+def journal_file(storage: str | None, out_dir: Path) -> Path | None:
+    """The journal file of ``storage`` (None: the default one in ``out_dir``); None for a
+    database URL."""
+    if storage is None:
+        return out_dir / JOURNAL_NAME
+    if storage.endswith(".journal") or storage.startswith("journal:"):
+        return Path(storage.removeprefix("journal:"))
+    return None
+
+
 def open_storage(
     storage: str | None,
     out_dir: Path,
     *,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
+    create: bool = True,
 ) -> optuna.storages.BaseStorage:
     """The default journal file in ``out_dir``, a '*.journal' path, or an RDB URL.
 
     RDB storages get heartbeats: a trial whose worker dies is failed after
-    ``grace_period`` seconds and re-queued. Unreachable storage: one-line UsageError.
+    ``grace_period`` seconds and re-queued. Unreachable storage: one-line UsageError; so is
+    a missing journal file when not ``create`` (read commands make no file), and a journal
+    damaged before its last record (:mod:`gct_ablate.journal`).
     """
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalStorage
 
-    if storage is None or storage.endswith(".journal") or storage.startswith("journal:"):
-        path = out_dir / JOURNAL_NAME if storage is None else Path(storage.removeprefix("journal:"))
+    from gct_ablate.journal import GuardedJournal
+
+    path = journal_file(storage, out_dir)
+    if path is not None:
+        if not create and not path.is_file():
+            raise UsageError(f"no study storage {path}; pass --out DIR (the folder of the "
+                             "study's first run) or --storage URL")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(GuardedJournal(str(path)))
         except OSError as err:
             raise UsageError(f"cannot use storage {path}: {err.strerror or err}") from None
     url = driver_url(storage)
@@ -97,7 +115,7 @@ def open_named_study(out: str | Path, storage: str | None, name: str | None
     out = Path(out)
     if storage is None and not (out / JOURNAL_NAME).exists():
         raise UsageError(f"no study storage in {out}; pass --out DIR or --storage URL")
-    opened = open_storage(storage, out)
+    opened = open_storage(storage, out, create=False)
     if name is None:
         names = study_names(opened)
         if len(names) != 1:

@@ -29,7 +29,13 @@ from gct_ablate.errors import StudyNotFound, UsageError
 from gct_ablate.grid import QUEUED, check_tracking_uri, find_study, prepare_study, spec_from_attrs
 from gct_ablate.locks import study_lock
 from gct_ablate.spec import StudySpec, TrialConfig
-from gct_ablate.storage import HEARTBEAT_INTERVAL, load_study, open_storage, storage_label
+from gct_ablate.storage import (
+    HEARTBEAT_INTERVAL,
+    journal_file,
+    load_study,
+    open_storage,
+    storage_label,
+)
 from gct_ablate.summary import Summary, load_results, summarize
 from gct_ablate.tracking import Tracker, check_tracking, resolve_tracking_uri
 from gct_ablate.worker import WorkerOptions, make_pruner
@@ -144,9 +150,11 @@ def run_study(
     preflight_data(spec)  # bad data: refused before any folder or store is made
     out = output_dir(out)
     uri = resolve_tracking_uri(out, tracking_uri)
-    opened = open_storage(storage, out, heartbeat_interval=heartbeat,
-                          grace_period=3 * heartbeat)
-    existing = find_study(spec, opened)  # another grid of that name: refused here
+    journal = journal_file(storage, out)
+    fresh = journal is not None and not journal.exists()  # no journal made before the cost check
+    opened = None if fresh else open_storage(storage, out, heartbeat_interval=heartbeat,
+                                             grace_period=3 * heartbeat)
+    existing = None if opened is None else find_study(spec, opened)  # other grid: refused
     if existing is not None:  # before touching any store: tracked elsewhere is refused
         check_tracking_uri(existing, uri)
         spec = _keep_schedule(existing, spec)
@@ -154,6 +162,9 @@ def run_study(
     if limits is not None:  # before anything is queued or any MLflow store is made
         estimate = estimate_cost(spec, existing, workers=n_workers, limits=limits)
         check_cost(estimate, confirm)
+    if opened is None:
+        opened = open_storage(storage, out, heartbeat_interval=heartbeat,
+                              grace_period=3 * heartbeat)
     check_tracking(uri)
     tracker = Tracker(uri, artifact_root=out / "mlartifacts")
     prepared = prepare_study(spec, opened, tracker, retry_failed=retry_failed)
@@ -312,7 +323,7 @@ def study_progress(name: str, *, out: str | Path = DEFAULT_OUT, storage: str | N
     workers that ran trials (:func:`workers_of`)."""
     from gct_ablate.runner import progress
 
-    found = load_study(open_storage(storage, Path(out)), name)
+    found = load_study(open_storage(storage, Path(out), create=False), name)
     info = progress(found)
     trials = found.get_trials(deepcopy=False)
     info["failed"] = [t for t in trials if t.state.name == "FAIL"]
