@@ -81,8 +81,10 @@ class RunStore:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow import MlflowClient
 
-        self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        from gct_ablate.tracking import existing_store
+
+        self.uri = existing_store(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
         self._tmp = tempfile.TemporaryDirectory(prefix="gct-ablate-")
         self._checked: set[str] = set()
 

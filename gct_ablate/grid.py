@@ -13,6 +13,7 @@ from gct_ablate._util import mask_url
 from gct_ablate.errors import UsageError
 from gct_ablate.locks import sqlite_path, storage_lock
 from gct_ablate.recovery import close_orphan_runs, reap_dead_trials
+from gct_ablate.relocate import same_store, stored_form, study_uri
 from gct_ablate.spec import StudySpec, TrialConfig, cell_id, parse_cell_id
 from gct_ablate.tracking import Tracker, check_tracking
 
@@ -66,7 +67,7 @@ def prepare_study(
             parent = tracker.start_parent(experiment_id, name, info)
             study.set_user_attr("mlflow_experiment_id", experiment_id)
             study.set_user_attr("mlflow_parent_run_id", parent)
-            study.set_user_attr("tracking_uri", tracker.uri)
+            study.set_user_attr("tracking_uri", stored_form(tracker.uri, storage))
         elif "mlflow_experiment_id" in study.user_attrs:  # resumed: tag older experiments
             tracker.tag_experiment(str(study.user_attrs["mlflow_experiment_id"]))
         study.set_user_attr("spec", spec.to_dict())  # seeds may have grown
@@ -118,9 +119,12 @@ def check_tracking_uri(study: optuna.Study, uri: str) -> None:
     Another URI for the same store (a server reached under another name) is accepted: it
     holds the study's parent run. A local store that does not exist yet is not created.
     """
+    from gct_ablate import _optuna
+
     attrs = study.user_attrs
-    stored, parent = attrs.get("tracking_uri"), attrs.get("mlflow_parent_run_id")
-    if not stored or stored == uri:
+    stored = study_uri(attrs.get("tracking_uri"), _optuna.storage_of(study))
+    parent = attrs.get("mlflow_parent_run_id")
+    if not stored or same_store(stored, uri):
         return
     path = sqlite_path(uri)
     if parent and (path is None or path.exists()):

@@ -8,6 +8,7 @@ failed, its MLflow run marked KILLED, and a copy of its cell x seed queued again
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import warnings
@@ -20,6 +21,7 @@ from gct_ablate import _optuna
 from gct_ablate.locks import study_lock
 from gct_ablate.tracking import Tracker
 
+UNLABELLED_GRACE = 30.0  # seconds a worker has to label the trial it took with its pid
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
 
 
@@ -50,9 +52,15 @@ def _is_dead_here(trial: FrozenTrial) -> bool:
 
     The owner writes host, pid, proc one by one (see :func:`owner`): without "proc" yet,
     only a pid with no live process at all counts as dead, never a live one still writing.
+    A trial that got no pid at all (its worker died right after taking it, or a cut journal
+    lost the labels) counts as dead once it has run for :data:`UNLABELLED_GRACE` seconds.
     """
-    attrs = trial.user_attrs
-    if attrs.get("host") != socket.gethostname() or "pid" not in attrs:
+    attrs, here = trial.user_attrs, socket.gethostname()
+    if "pid" not in attrs:
+        started = trial.datetime_start
+        return (attrs.get("host", here) == here and started is not None
+                and (datetime.datetime.now() - started).total_seconds() > UNLABELLED_GRACE)
+    if attrs.get("host") != here:
         return False
     token = _process_token(int(attrs["pid"]))
     if "proc" not in attrs:
@@ -115,10 +123,14 @@ def fail_and_requeue(
 
 
 def end_mlflow(study: optuna.Study, trial: FrozenTrial, status: str, reason: str) -> None:
-    run_id, uri = trial.user_attrs.get("mlflow_run_id"), study.user_attrs.get("tracking_uri")
-    if run_id and uri:
-        with contextlib.suppress(Exception):  # tracking is best effort for a dead trial
-            Tracker(uri).end_trial(run_id, status, reason)
+    from gct_ablate.relocate import study_uri
+    from gct_ablate.tracking import existing_store
+
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    with contextlib.suppress(Exception):  # tracking is best effort for a dead trial
+        uri = study_uri(study.user_attrs.get("tracking_uri"), _optuna.storage_of(study))
+        if run_id and uri:  # a local store that is not there is not created
+            Tracker(existing_store(uri)).end_trial(run_id, status, reason)
 
 
 def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> int:

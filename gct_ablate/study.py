@@ -27,7 +27,8 @@ from gct_ablate.cost import CostEstimate, CostLimits, check_cost, estimate_cost
 from gct_ablate.devices import cuda_count, worker_devices
 from gct_ablate.errors import StudyNotFound, UsageError
 from gct_ablate.grid import QUEUED, check_tracking_uri, find_study, prepare_study, spec_from_attrs
-from gct_ablate.locks import study_lock
+from gct_ablate.locks import driver_url, study_lock
+from gct_ablate.relocate import study_uri
 from gct_ablate.spec import StudySpec, TrialConfig
 from gct_ablate.storage import (
     HEARTBEAT_INTERVAL,
@@ -118,6 +119,7 @@ def run_study(
     limits: CostLimits | None = CostLimits(),
     confirm: Callable[[CostEstimate], bool] | None = None,
     gpus: str | Sequence[int] | None = None,
+    allow_many_workers: bool = False,
 ) -> Summary:
     """Create or resume the study, run every queued cell x seed, and summarise it.
 
@@ -142,10 +144,10 @@ def run_study(
     workers than GPUs; each trial records its device (Optuna user attribute and MLflow tag
     ``device``). Without CUDA, ``gpus`` is a one-line error.
     """
-    from gct_ablate.runner import run_workers
+    from gct_ablate.runner import check_workers, run_workers
 
     make_pruner(pruner)
-    n_workers = workers or default_workers()
+    n_workers = check_workers(workers or default_workers(), allow_many_workers)
     devices = place(spec.base.device, n_workers, gpus)
     preflight_data(spec)  # bad data: refused before any folder or store is made
     out = output_dir(out)
@@ -176,7 +178,7 @@ def run_study(
             storage=storage_label(storage, out), tracking_uri=uri, out=out,
             estimate=estimate, devices=tuple(devices)))
     opts = WorkerOptions(study_name=spec.study_name, storage=storage, out_dir=str(out),
-                         base=spec.base, tracking_uri=tracking_uri, pruner=pruner,
+                         base=spec.base, tracking_uri=uri, pruner=pruner,
                          heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
     epochs = spec.config(()).epochs
 
@@ -254,6 +256,7 @@ def join_study(
     wait: float = WAIT_FOR_STUDY,
     console: Any = None,
     gpus: str | Sequence[int] | None = None,
+    allow_many_workers: bool = False,
 ) -> list[int]:
     """Work on a study until its queue is empty (what ``gct-ablate worker`` does).
 
@@ -263,19 +266,23 @@ def join_study(
     (another one is refused). ``gpus``: as for :func:`run_study`. Returns the exit codes of
     spawned workers that failed.
     """
-    from gct_ablate.runner import run_workers
+    from gct_ablate.runner import check_workers, run_workers
 
+    check_workers(workers, allow_many_workers)
     base = base or TrialConfig()
     devices = place(base.device, workers, gpus)
     out = output_dir(out)
-    found = wait_for_study(open_storage(storage, out), name, wait, console)
+    opened = open_storage(storage, out)
+    found = wait_for_study(opened, name, wait, console)
     if tracking_uri is not None:
+        tracking_uri = driver_url(tracking_uri)
         check_tracking_uri(found, tracking_uri)
-    check_tracking(tracking_uri or found.user_attrs["tracking_uri"])
+    uri = tracking_uri or driver_url(study_uri(found.user_attrs["tracking_uri"], opened))
+    check_tracking(uri)
     spec = spec_from_attrs(found.user_attrs, base)
-    preflight_data(spec, tracking_uri or found.user_attrs["tracking_uri"])
+    preflight_data(spec, uri)
     opts = WorkerOptions(study_name=name, storage=storage, out_dir=str(out), base=base,
-                         tracking_uri=tracking_uri, heartbeat_interval=heartbeat,
+                         tracking_uri=uri, heartbeat_interval=heartbeat,
                          grace_period=3 * heartbeat)
     return run_workers(opts, workers, spec.config(()).epochs, console, devices)
 

@@ -89,6 +89,10 @@ def load_results(storage: Any, study_name: str) -> StudyResults:
         ))
     tracking = {k: mask_url(str(attrs[k])) for k in ("mlflow_experiment_id", "mlflow_parent_run_id",
                                            "tracking_uri") if attrs.get(k) is not None}
+    if "tracking_uri" in tracking:  # where it is here: a folder's store follows the folder
+        from gct_ablate.relocate import study_uri
+
+        tracking["tracking_uri"] = mask_url(str(study_uri(attrs["tracking_uri"], storage)))
     return StudyResults(spec=spec, reference_cell=str(reference), maximize=bool(maximize),
                         trials=records, study_name=study_name,
                         fingerprint=attrs.get("fingerprint"), tracking=tracking)

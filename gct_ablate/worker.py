@@ -24,6 +24,7 @@ from gct_ablate._util import mask_url, raise_pending, stop_signals
 from gct_ablate.errors import UsageError
 from gct_ablate.grid import distributions, spec_from_attrs
 from gct_ablate.recovery import fail_and_requeue, owner, reap_dead_trials, requeue
+from gct_ablate.relocate import study_uri
 from gct_ablate.spec import Cell, StudySpec, TrialConfig, cell_id, parse_cell_id
 from gct_ablate.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, load_study, open_storage
 from gct_ablate.tracking import Tracker
@@ -115,7 +116,7 @@ def _run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | Non
     study = load_study(storage, opts.study_name)
     study.pruner = make_pruner(opts.pruner)
     spec = spec_from_attrs(study.user_attrs, opts.base)
-    uri = opts.tracking_uri or study.user_attrs["tracking_uri"]
+    uri = opts.tracking_uri or study_uri(study.user_attrs["tracking_uri"], storage)
     tracker = Tracker(uri, artifact_root=Path(opts.out_dir) / "mlartifacts")
     ran = 0
     while opts.max_trials is None or ran < opts.max_trials:

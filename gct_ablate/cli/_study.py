@@ -14,6 +14,7 @@ from gct_ablate._util import DEFAULT_OUT, mask_url
 from gct_ablate.cli._app import app, check_format, console, err_console, one_line_errors
 from gct_ablate.cli._options import (
     STORAGE_ENV,
+    AllowMany,
     DataDir,
     Device,
     Download,
@@ -79,6 +80,7 @@ def run(
     workers: Annotated[int | None, typer.Option(
         min=1, help="Local worker processes sharing the storage (default: min(cores, 4)).")]
     = None,
+    allow_many_workers: AllowMany = False,
     pruner: Annotated[str, typer.Option(help="none (compare complete runs), median, hyperband.")]
     = "none",
     retry_failed: Annotated[bool, typer.Option(help="Re-queue failed cells.")] = False,
@@ -119,7 +121,8 @@ def run(
                            on_plan=lambda plan: plans.append(_print_plan(plan)),
                            on_look=_print_look,
                            limits=None if yes else CostLimits(ask_above_trials, ask_above_hours),
-                           confirm=_confirm_cost, gpus=gpus)
+                           confirm=_confirm_cost, gpus=gpus,
+                           allow_many_workers=allow_many_workers)
     except (KeyboardInterrupt, Interrupted):
         err_console.print("[yellow]Interrupted.[/] Running trials were re-queued; run the "
                           "same command again to resume.")
@@ -131,7 +134,9 @@ def run(
     console.print(f"\nOpen the runs in MLflow:  [bold]{ui}[/]", soft_wrap=True)
     console.print(f"Summary again later:     gct-ablate summary {spec.study_name}"
                   + _storage_hint(storage, out))
-    console.print(f"Report (HTML, Markdown): {out / (spec.study_name + '-report.html')}",
+    from gct_ablate.analysis.report import report_file
+
+    console.print(f"Report (HTML, Markdown): {report_file(out, spec.study_name)}",
                   highlight=False, soft_wrap=True)
 
 
@@ -222,6 +227,7 @@ def worker(
         "one stored with the study.")] = None,
     out: Out = DEFAULT_OUT,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
+    allow_many_workers: AllowMany = False,
     device: Device = "auto",
     gpus: Gpus = None,
     threads: Threads = None,
@@ -243,7 +249,7 @@ def worker(
     try:
         failed = join_study(study, out=out, storage=storage, tracking_uri=tracking_uri,
                             workers=workers, base=base, heartbeat=heartbeat, wait=wait,
-                            console=console, gpus=gpus)
+                            console=console, gpus=gpus, allow_many_workers=allow_many_workers)
     except (KeyboardInterrupt, Interrupted):
         err_console.print("[yellow]Interrupted.[/] The running trial was re-queued.")
         raise typer.Exit(130) from None

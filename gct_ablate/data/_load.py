@@ -110,10 +110,38 @@ def _load(name: str, root: Path, download: bool, seed: int, val_fraction: float,
     else:
         data = _sources.fake(seed)
     if image_size and image_size != data.image_size:
+        check_fits(len(data.train_x) + len(data.val_x), data.in_channels, image_size, name)
         data = dataclasses.replace(
             data, train_x=_resize(data.train_x, image_size), val_x=_resize(data.val_x, image_size),
             image_size=image_size, pad=max(1, data.pad * image_size // data.image_size))
     return data
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (MemAvailable), else its physical memory."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(images: int, channels: int, size: int, name: str) -> None:
+    """A one-line DataError when ``images`` float32 tensors of ``size`` x ``size`` would not
+    fit in the memory this machine has free (the resize makes them all at once)."""
+    need = images * channels * size * size * 4
+    free = available_memory()
+    if free is not None and need > 0.8 * free:
+        raise DataError(f"{name} at image_size={size}: {images:,} images x {channels} x "
+                        f"{size}x{size} float32 = {need / 2**30:.1f} GiB, more than the "
+                        f"{free / 2**30:.1f} GiB of memory free here; choose a smaller "
+                        "image_size")
 
 
 def _resize(x: Any, size: int) -> Any:
