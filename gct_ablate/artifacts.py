@@ -130,7 +130,6 @@ class RunStore:
 
     def trained(self, run_id: str, device: Any) -> tuple[Any, Any, Any]:
         """(model with its trained weights, TrialConfig, Dataset on device) of one run."""
-        import torch
 
         from gct_ablate.models import build_trial
         from gct_ablate.spec import TrialConfig
@@ -144,7 +143,9 @@ class RunStore:
             raise UsageError(f"MLflow run {run_id} has no model/state_dict.pt (trained with "
                              "save_model off?)")
         model, data = build_trial(cfg.replace(download=False), "cpu")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        from gct_ablate.checkpoint import load_tensors
+
+        state = load_tensors(weights, f"MLflow run {run_id}: model/state_dict.pt")
         state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
         model.load_state_dict(state)
         return model.to(device).eval(), cfg, data.to(device)

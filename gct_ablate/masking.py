@@ -61,6 +61,20 @@ def mask(text: str) -> str:
     return _mask_keywords(masked, MASK)
 
 
+def check_url(url: str) -> str:
+    """``url``, or a one-line UsageError when its password holds an unescaped ``@`` (drivers
+    would read the rest of the password as the host name, and print it)."""
+    from gct_ablate.errors import UsageError
+
+    scheme, sep, rest = url.partition("://")
+    query = rest.find("?")
+    userinfo = rest[:rest.rfind("@", 0, query if query >= 0 else len(rest))]
+    if sep and "@" in userinfo:
+        raise UsageError(f"the password in {mask(url)} holds an unescaped '@'; write it as "
+                         "%40 (or keep it out of the URL: ~/.pgpass, PGPASSWORD)")
+    return url
+
+
 def strip_password(url: str) -> str:
     """``url`` without its password (user info and query keywords): the form to store."""
     if not url:

@@ -24,7 +24,7 @@ from rich.text import Text
 
 from gct_ablate._util import stop_signals, tune_malloc
 from gct_ablate.devices import gpu_index
-from gct_ablate.errors import UsageError
+from gct_ablate.errors import UsageError, disk_full
 from gct_ablate.storage import load_study, open_storage
 from gct_ablate.worker import Interrupted, WorkerOptions, interrupted_by, run_worker
 
@@ -54,6 +54,13 @@ def _worker_main(opts: WorkerOptions) -> None:
         run_worker(opts)
     except (KeyboardInterrupt, Interrupted):
         sys.exit(130)
+    except (UsageError, OSError) as err:  # one line, as the lead prints it
+        if isinstance(err, OSError) and not disk_full(err):
+            raise
+        from gct_ablate.masking import mask
+
+        print(f"Error: {mask(str(err))}", file=sys.stderr)
+        sys.exit(2)
 
 
 _PRIORITY = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2,

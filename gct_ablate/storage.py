@@ -12,6 +12,7 @@ import optuna
 from gct_ablate._util import mask_url
 from gct_ablate.errors import StudyNotFound, UsageError
 from gct_ablate.locks import database_lock, driver_url
+from gct_ablate.masking import check_url
 from gct_ablate.recovery import requeue_stale
 
 JOURNAL_NAME = "optuna.journal"
@@ -64,7 +65,7 @@ def open_storage(
             return JournalStorage(GuardedJournal(str(path)))
         except OSError as err:
             raise UsageError(f"cannot use storage {path}: {err.strerror or err}") from None
-    url = driver_url(storage)
+    url = driver_url(check_url(storage))
     try:
         with database_lock(url, "schema"):  # one process at a time creates the tables
             return _rdb_storage(url, storage, heartbeat_interval, grace_period)

@@ -164,10 +164,10 @@ def run_study(
     if limits is not None:  # before anything is queued or any MLflow store is made
         estimate = estimate_cost(spec, existing, workers=n_workers, limits=limits)
         check_cost(estimate, confirm)
+    check_tracking(uri)  # before a new journal is made: a wrong URI leaves nothing behind
     if opened is None:
         opened = open_storage(storage, out, heartbeat_interval=heartbeat,
                               grace_period=3 * heartbeat)
-    check_tracking(uri)
     tracker = Tracker(uri, artifact_root=out / "mlartifacts")
     prepared = prepare_study(spec, opened, tracker, retry_failed=retry_failed)
     if on_plan is not None:

@@ -19,6 +19,7 @@ from typing import Any
 from gct_ablate._util import mask_url
 from gct_ablate.errors import UsageError
 from gct_ablate.locks import driver_url, file_lock, sqlite_path
+from gct_ablate.masking import check_url
 from gct_ablate.relocate import default_tracking_uri, needs_rebase, rebase_artifacts
 from gct_ablate.spec import check_name
 
@@ -80,10 +81,21 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
 
 
 def _first_call(uri: str) -> None:
+    """Connect once (5 s timeout; MLflow itself retries for minutes), then one MLflow call."""
     from mlflow import MlflowClient
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
 
+    check_url(uri)
     quiet_mlflow()
+    timeout = {"connect_timeout": 5} if uri.startswith(("postgresql", "mysql")) else {}
     try:
+        engine = create_engine(driver_url(uri), poolclass=NullPool, connect_args=timeout)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()
         MlflowClient(tracking_uri=driver_url(uri)).search_experiments(max_results=1)
     except Exception as err:  # driver and MLflow errors differ per backend
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
@@ -111,6 +123,7 @@ def quiet_mlflow() -> None:
     import mlflow  # noqa: F401  (importing it sets its loggers' levels: first, then ours)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.ERROR)  # its retry lines
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 

@@ -176,3 +176,47 @@ def test_a_store_named_elsewhere_is_one_line_and_nothing_is_made(finished, tmp_p
     result = run(out, 1, "--tracking-uri", f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}")
     one_line(result, "study 's' is tracked at")
     assert not (tmp_path / "other").exists()
+
+
+# ------------------------------------------------------------------------------ full disk
+FULL_DISK = """
+mount -t tmpfs -o size=24m tmpfs "$M" || exit 77
+run() { "$PY" -m gct_ablate run --vary p --levels p=2,inf --study s --seeds "$1" \\
+        --set epochs=1,train_size=256,val_size=128 --threads 1 --workers 1 \\
+        --no-save-models --out "$M/out" > "$LOG.$2" 2>&1; echo $? > "$LOG.$2.rc"; }
+run 1 first
+dd if=/dev/zero of="$M/filler" bs=4k 2>/dev/null
+truncate -s -150000 "$M/filler"
+run 3 full
+rm "$M/filler"
+run 3 again
+cp -a "$M/out" "$COPY"
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_in_one_line_and_the_trial_is_redone(tmp_path):
+    """ENOSPC mid-study, on a 24 MB tmpfs (a mount namespace of its own) filled up to 150 kB:
+    one line, exit 2; once space is freed the same command ends with each cell x seed once."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    env = {**cli_env(), "M": str(mount), "PY": sys.executable, "LOG": str(tmp_path / "log"),
+           "COPY": str(tmp_path / "copy"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK], env=env, timeout=600,
+                          capture_output=True, text=True)
+    if done.returncode == 77 or not (tmp_path / "log.first.rc").exists():
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {done.stderr.strip()}")
+    rc = {k: (tmp_path / f"log.{k}.rc").read_text().strip() for k in ("first", "full", "again")}
+    full = (tmp_path / "log.full").read_text()
+    assert rc == {"first": "0", "full": "2", "again": "0"}, full
+    error = [line for line in full.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and "No space left on device" in error[0], full
+    assert "Traceback" not in full
+    assert complete(tmp_path / "copy") == {(c, s): 1 for c in ("p=2", "p=inf")
+                                           for s in (0, 1, 2)}
