@@ -69,3 +69,43 @@ def test_plain_text_is_left_alone():
     for text in ("password authentication failed for user \"u\"", "p=2 activation=tanh",
                  "val top-1 97.50 %, lr=0.1", ""):
         assert mask(text) == text
+
+
+UNREACHABLE = ["postgresql://u:S3cr@127.0.0.1:1/x", "postgresql://:S3cr@127.0.0.1:1/x",
+               "postgresql://u@127.0.0.1:1/x?password=S3cr", "postgresql://u:p@S3cr@127.0.0.1:1/x",
+               "postgresql://u:p%40S3cr@127.0.0.1:1/x"]
+
+
+@pytest.mark.parametrize("url", UNREACHABLE)
+@pytest.mark.parametrize("option", ["--storage", "--tracking-uri"])
+def test_every_form_is_masked_in_the_one_error_line(tmp_path, url, option):
+    """Also: a plain postgresql:// tracking URI gets the installed driver (psycopg2), as the
+    storage does, instead of a ModuleNotFoundError traceback."""
+    from typer.testing import CliRunner
+
+    from gct_ablate.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--vary", "p", "--seeds", "1", "--workers", "1",
+                                      option, url, "--out", str(tmp_path / "o")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert S not in result.output and "Traceback" not in result.output
+    assert "ModuleNotFoundError" not in result.output
+    assert not (tmp_path / "o" / "optuna.journal").exists()
+
+
+@pytest.mark.postgres
+def test_a_database_tracking_password_is_never_printed_nor_stored(tmp_path, pg_url):
+    """The reported case: the final "Open the runs in MLflow" line printed the password of a
+    database tracking URI, and optuna.journal stored it."""
+    from conftest import TINY, run_cli
+
+    tracking = pg_url.replace("postgresql://postgres@", f"postgresql://postgres:{S}@")
+    result = run_cli(["run", "--vary", "p", "--levels", "p=1,2", "--seeds", "1", *TINY,
+                      "--workers", "1", "--tracking-uri", tracking, "--out", "o"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert S not in result.stdout + result.stderr
+    assert "Open the runs in MLflow" in result.stdout
+    for path in (tmp_path / "o").rglob("*"):
+        if path.is_file():
+            assert S.encode() not in path.read_bytes(), path

@@ -220,3 +220,24 @@ def test_a_full_disk_stops_in_one_line_and_the_trial_is_redone(tmp_path):
     assert "Traceback" not in full
     assert complete(tmp_path / "copy") == {(c, s): 1 for c in ("p=2", "p=inf")
                                            for s in (0, 1, 2)}
+
+
+# -------------------------------------------------------------------------- report files
+def test_report_output_never_deletes_or_overwrites_what_it_did_not_write(finished, tmp_path):
+    """`report -o X.html` deleted every PNG in an existing X_files/ (a browser's "save
+    complete page" layout) and overwrote X.html and X.md."""
+    out = copy(finished, tmp_path / "R")
+    saved = tmp_path / "page.html"
+    saved.write_text("<html>mine</html>")
+    (tmp_path / "page_files").mkdir()
+    (tmp_path / "page_files" / "photo.png").write_bytes(b"mine")
+    before = snapshot(tmp_path / "page_files") | {"html": (0, saved.read_bytes())}
+    one_line(invoke("report", "s", "--out", str(out), "-o", str(saved)),
+             "exists and was not written by gct-ablate; nothing was written")
+    assert snapshot(tmp_path / "page_files") | {"html": (0, saved.read_bytes())} == before
+    fresh = tmp_path / "mine" / "r.html"
+    for _ in range(2):  # its own earlier report is replaced
+        assert invoke("report", "s", "--out", str(out), "-o", str(fresh)).exit_code == 0
+    (fresh.parent / "r_files" / "notes.png").write_bytes(b"mine")  # added by hand later
+    assert invoke("report", "s", "--out", str(out), "-o", str(fresh)).exit_code == 0
+    assert (fresh.parent / "r_files" / "notes.png").read_bytes() == b"mine"
