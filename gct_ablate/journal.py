@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import get_lock_file
 
+from gct_ablate import _optuna
 from gct_ablate.errors import UsageError
 
 _TAIL_BLOCK = 1 << 16
@@ -126,7 +126,7 @@ class GuardedJournal(JournalFileBackend):
             raise damaged(self._file_path) from None
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        with get_lock_file(self._lock):
+        with _optuna.journal_lock(self):
             set_aside_torn_tail(self._file_path)
             data = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
             with open(self._file_path, "ab") as f:

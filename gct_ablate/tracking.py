@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from gct_ablate._util import mask_url
+from gct_ablate.dbcheck import first_call
 from gct_ablate.errors import UsageError
 from gct_ablate.locks import driver_url, file_lock, sqlite_path
-from gct_ablate.masking import check_url
 from gct_ablate.relocate import default_tracking_uri, needs_rebase, rebase_artifacts
 from gct_ablate.spec import check_name
 
@@ -77,29 +77,8 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         if path is not None:
             prepare_local_store(path)
     else:  # a database: one call, so a wrong password or host is one line before training
-        _first_call(uri)
-
-
-def _first_call(uri: str) -> None:
-    """Connect once (5 s timeout; MLflow itself retries for minutes), then one MLflow call."""
-    from mlflow import MlflowClient
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
-
-    check_url(uri)
-    quiet_mlflow()
-    timeout = {"connect_timeout": 5} if uri.startswith(("postgresql", "mysql")) else {}
-    try:
-        engine = create_engine(driver_url(uri), poolclass=NullPool, connect_args=timeout)
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        finally:
-            engine.dispose()
-        MlflowClient(tracking_uri=driver_url(uri)).search_experiments(max_results=1)
-    except Exception as err:  # driver and MLflow errors differ per backend
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        raise UsageError(f"cannot open MLflow tracking store {mask_url(uri)}: {first}") from None
+        quiet_mlflow()
+        first_call(uri)
 
 
 def existing_store(uri: str) -> str:
