@@ -194,7 +194,6 @@ cp -a "$M/out" "$COPY"
 """
 
 
-@pytest.mark.slow
 def test_a_full_disk_stops_in_one_line_and_the_trial_is_redone(tmp_path):
     """ENOSPC mid-study, on a 24 MB tmpfs (a mount namespace of its own) filled up to 150 kB:
     one line, exit 2; once space is freed the same command ends with each cell x seed once."""
