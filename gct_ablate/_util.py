@@ -5,16 +5,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-DEFAULT_OUT = Path("gct-ablate-runs")  # the local stores when no --out is given
+from gct_ablate.masking import mask as mask_url  # noqa: F401  (the one masking function)
 
-_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]*)(@)")
+DEFAULT_OUT = Path("gct-ablate-runs")  # the local stores when no --out is given
 
 
 def cache_dir() -> Path:
@@ -42,11 +41,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def mask_url(url: str) -> str:
-    """'postgresql://u:secret@h/db' -> 'postgresql://u:***@h/db'."""
-    return _PASSWORD.sub(r"\1***\3", url)
 
 
 def tune_malloc() -> bool:

@@ -27,7 +27,7 @@ def find_results(name: str, storage: str | None, out_dir: Path) -> StudyResults 
     if storage is None and not (out_dir / JOURNAL_NAME).exists():
         return None
     try:
-        return load_results(open_storage(storage, out_dir), name)
+        return load_results(open_storage(storage, out_dir, create=False), name)
     except StudyNotFound:
         return None
 
@@ -97,8 +97,10 @@ class RunStore:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow import MlflowClient
 
-        self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        from gct_ablate.tracking import existing_store
+
+        self.uri = existing_store(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
         self._tmp = tempfile.TemporaryDirectory(prefix="gct-ablate-")
         self._checked: set[str] = set()
 
@@ -144,7 +146,6 @@ class RunStore:
 
     def trained(self, run_id: str, device: Any) -> tuple[Any, Any, Any]:
         """(model with its trained weights, TrialConfig, Dataset on device) of one run."""
-        import torch
 
         from gct_ablate.models import build_trial
         from gct_ablate.spec import TrialConfig
@@ -158,7 +159,9 @@ class RunStore:
             raise UsageError(f"MLflow run {run_id} has no model/state_dict.pt (trained with "
                              "save_model off?)")
         model, data = build_trial(cfg.replace(download=False), "cpu")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        from gct_ablate.checkpoint import load_tensors
+
+        state = load_tensors(weights, f"MLflow run {run_id}: model/state_dict.pt")
         state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
         model.load_state_dict(state)
         return model.to(device).eval(), cfg, data.to(device)

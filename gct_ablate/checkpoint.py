@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +66,17 @@ def save_model(path: str | Path, model: nn.Module, cfg: TrialConfig, data: Any, 
     return config_path(path)
 
 
+def load_tensors(path: str | Path, what: str | None = None) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that is not one (text, a truncated
+    file: the unpickler fails in many ways) is one line naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, IndexError, EOFError, RuntimeError, ...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UsageError(f"{what or path}: not a torch state dict ({type(err).__name__}: "
+                         f"{first})") from None
+
+
 def read_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     """(state dict, PATH.json's content or None when there is none) of a saved file."""
     path = Path(path)
@@ -74,8 +84,8 @@ def read_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | No
         raise UsageError(f"{path}: no such file")
     try:
         raw = path.read_bytes()
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        state = load_tensors(path)
+    except OSError as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise UsageError(f"{path}: not a torch state dict ({first})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -29,3 +29,10 @@ class SummaryError(UsageError):
 
 class StudyNotFound(UsageError):
     """The storage has no study of that name (the message lists the ones it has)."""
+
+
+def disk_full(err: BaseException) -> bool:
+    """A full disk or quota, or a file size limit: no trial's fault (it is re-queued)."""
+    import errno
+
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

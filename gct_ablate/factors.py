@@ -73,7 +73,10 @@ def parse_p(raw: Any) -> str:
         raise FactorError(str(err)) from None
 
 
-def _number(name: str, kind: type, minimum: float, strict: bool) -> Callable[[Any], Any]:
+def _number(name: str, kind: type, minimum: float, strict: bool,
+            below: float | None = None) -> Callable[[Any], Any]:
+    """A number >= ``minimum`` (> when ``strict``) and, given ``below``, < ``below``."""
+
     def parse(raw: Any) -> Any:
         text = _text(raw)
         try:
@@ -85,6 +88,9 @@ def _number(name: str, kind: type, minimum: float, strict: bool) -> Callable[[An
         if value < minimum or (strict and value == minimum):
             rel = ">" if strict else ">="
             raise FactorError(f"invalid {name} {text!r}; must be {rel} {format_value(minimum)}")
+        if below is not None and value >= below:
+            raise FactorError(f"invalid {name} {text!r}; must be in [{format_value(minimum)}, "
+                              f"{format_value(below)})")
         return value
 
     return parse
@@ -223,9 +229,9 @@ FACTORS: dict[str, Factor] = {
         _f("image_size", _size("image_size", "auto"), ("auto",), "auto",
            "image side in pixels; auto: the dataset's own (imagefolder 64, streamed 224)",
            group="training"),
-        _f("epochs", _number("epochs", int, 1, False), ("6",), "6",
+        _f("epochs", _number("epochs", int, 1, False, 100_001), ("6",), "6",
            "training epochs", group="training"),
-        _f("batch_size", _number("batch_size", int, 1, False), ("64", "128"), "128",
+        _f("batch_size", _number("batch_size", int, 1, False, 1 << 20), ("64", "128"), "128",
            "mini-batch size", group="training"),
         _f("lr", _number("lr", float, 0.0, True), ("0.05", "0.1", "0.2"), "0.1",
            "peak learning rate of SGD (nesterov momentum 0.9)", group="training"),
@@ -236,7 +242,7 @@ FACTORS: dict[str, Factor] = {
         _f("schedule", _choice("schedule", SCHEDULES), SCHEDULES, "cosine",
            "learning-rate schedule after warm-up: cosine or step (x0.1 at 50% and 75%)",
            group="training", choices=SCHEDULES),
-        _f("warmup_epochs", _number("warmup_epochs", int, 0, False), ("1",), "1",
+        _f("warmup_epochs", _number("warmup_epochs", int, 0, False, 100_001), ("1",), "1",
            "epochs of linear warm-up from 0.1 x lr (a run of at most that many epochs warms up "
            "over its first fifth)", group="training"),
         _f("training", _choice("training", TRAININGS), TRAININGS, "scratch",
@@ -248,12 +254,12 @@ FACTORS: dict[str, Factor] = {
            "fine-tuning's starting weights: a backbone trained with attention=none (a file of "
            "`gct-ablate train --save`, an MLflow run id, a torchvision ResNet state dict file, "
            "or torchvision:WEIGHTS from the local torch hub cache)", group="training"),
-        _f("gct_epochs", _number("gct_epochs", int, 0, False), ("1",), "1",
+        _f("gct_epochs", _number("gct_epochs", int, 0, False, 100_001), ("1",), "1",
            "finetune-staged: epochs (of the total) training the attention modules alone",
            group="training"),
         _f("gct_lr", _number("gct_lr", float, 0.0, True), ("0.1",), "0.1",
            "finetune-staged: peak learning rate of the attention-only stage", group="training"),
-        _f("label_smoothing", _number("label_smoothing", float, 0.0, False), ("0", "0.1"), "0",
+        _f("label_smoothing", _number("label_smoothing", float, 0.0, False, 1.0), ("0", "0.1"), "0",
            "label smoothing of the cross-entropy loss", group="training"),
     )
 }

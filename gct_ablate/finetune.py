@@ -118,7 +118,9 @@ def _torchvision_source(weights: str, cfg: TrialConfig) -> InitSource:
         raise UsageError(f"torchvision:{weights} ({found}) is not in the local torch hub cache: "
                          f"looked for {file}; gct-ablate downloads nothing (pass a state dict "
                          "file instead)")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    from gct_ablate.checkpoint import load_tensors
+
+    state = load_tensors(file)
     return InitSource(state, None, f"torchvision:{weights} ({file})")
 
 
@@ -134,7 +136,11 @@ def _run_source(run_id: str, tracking_uri: str | None) -> InitSource:
         if weights is None:
             raise UsageError(f"MLflow run {run_id} in {mask_url(uri)} has no "
                              "model/state_dict.pt (trained with save_model off?)")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        from gct_ablate.checkpoint import load_tensors
+
+        state = load_tensors(weights, f"MLflow run {run_id}: model/state_dict.pt")
+    if not isinstance(state, dict):
+        raise UsageError(f"MLflow run {run_id}: model/state_dict.pt is not a state dict")
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
     return InitSource(state, TrialConfig.from_dict(raw) if raw else None,
                       f"MLflow run {run_id}")

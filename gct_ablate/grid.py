@@ -12,8 +12,9 @@ from gct_ablate._util import mask_url
 from gct_ablate.errors import UsageError
 from gct_ablate.locks import sqlite_path, storage_lock
 from gct_ablate.recovery import close_orphan_runs, reap_dead_trials
+from gct_ablate.relocate import same_store, stored_form, study_uri
 from gct_ablate.spec import StudySpec, TrialConfig, cell_id
-from gct_ablate.store import keys
+from gct_ablate.store import _optuna, keys
 from gct_ablate.store.open import verify
 from gct_ablate.store.recipe import with_recipe
 from gct_ablate.store.records import DONE, LIVE, stored_study, trials_by_key
@@ -71,7 +72,7 @@ def prepare_study(
             experiment_id = tracker.experiment(name)
             info = {**spec.to_dict(), "fp": spec.fingerprint()}
             parent = tracker.start_parent(experiment_id, name, info)
-            write_tracking(study, experiment_id, parent, tracker.uri)
+            write_tracking(study, experiment_id, parent, stored_form(tracker.uri, storage))
         elif stored.experiment_id is not None:  # resumed: tag older experiments
             tracker.tag_experiment(stored.experiment_id)
         write_grid(study, spec)  # seeds may have grown
@@ -111,8 +112,9 @@ def check_tracking_uri(study: optuna.Study, uri: str) -> None:
     holds the study's parent run. A local store that does not exist yet is not created.
     """
     found = stored_study(study)
-    stored, parent = found.tracking_uri, found.parent_run_id
-    if not stored or stored == uri:
+    stored = study_uri(found.tracking_uri, _optuna.storage_of(study))
+    parent = found.parent_run_id
+    if not stored or same_store(stored, uri):
         return
     path = sqlite_path(uri)
     if parent and (path is None or path.exists()):

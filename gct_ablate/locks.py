@@ -121,7 +121,9 @@ def sqlite_path(url: str) -> Path | None:
     """The file of an ``sqlite:///`` URL (None for in-memory or other URLs)."""
     if not url.startswith("sqlite:///"):
         return None
-    path = url[len("sqlite:///"):].split("?", 1)[0]
+    from urllib.parse import unquote
+
+    path = unquote(url[len("sqlite:///"):].split("?", 1)[0])  # as SQLAlchemy reads it
     return None if path in ("", ":memory:") else Path(path)
 
 

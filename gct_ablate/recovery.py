@@ -8,6 +8,7 @@ failed, its MLflow run marked KILLED, and a copy of its cell x seed queued again
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import warnings
@@ -21,6 +22,8 @@ from gct_ablate.store import _optuna, keys
 from gct_ablate.store.records import LIVE, stored_study, stored_trial, stored_trials
 from gct_ablate.store.write import add_retry
 from gct_ablate.tracking import Tracker
+
+UNLABELLED_GRACE = 30.0  # seconds a worker has to label the trial it took with its pid
 
 
 def _process_token(pid: int) -> str | None:
@@ -50,9 +53,15 @@ def _is_dead_here(trial: FrozenTrial) -> bool:
 
     The owner writes host, pid, proc one by one (see :func:`owner`): without "proc" yet,
     only a pid with no live process at all counts as dead, never a live one still writing.
+    A trial that got no pid at all (its worker died right after taking it, or a cut journal
+    lost the labels) counts as dead once it has run for :data:`UNLABELLED_GRACE` seconds.
     """
-    stored = stored_trial(trial)
-    if stored.host != socket.gethostname() or stored.pid is None:
+    stored, here = stored_trial(trial), socket.gethostname()
+    if stored.pid is None:
+        started = trial.datetime_start
+        return ((stored.host or here) == here and started is not None
+                and (datetime.datetime.now() - started).total_seconds() > UNLABELLED_GRACE)
+    if stored.host != here:
         return False
     token = _process_token(int(stored.pid))
     if stored.proc is None:
@@ -109,10 +118,14 @@ def fail_and_requeue(
 
 
 def end_mlflow(study: optuna.Study, trial: FrozenTrial, status: str, reason: str) -> None:
-    run_id, uri = stored_trial(trial).run_id, stored_study(study).tracking_uri
-    if run_id and uri:
-        with contextlib.suppress(Exception):  # tracking is best effort for a dead trial
-            Tracker(uri).end_trial(run_id, status, reason)
+    from gct_ablate.relocate import study_uri
+    from gct_ablate.tracking import existing_store
+
+    run_id = stored_trial(trial).run_id
+    with contextlib.suppress(Exception):  # tracking is best effort for a dead trial
+        uri = study_uri(stored_study(study).tracking_uri, _optuna.storage_of(study))
+        if run_id and uri:  # a local store that is not there is not created
+            Tracker(existing_store(uri)).end_trial(run_id, status, reason)
 
 
 def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> int:

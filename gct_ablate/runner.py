@@ -23,6 +23,7 @@ from rich.text import Text
 
 from gct_ablate._util import stop_signals, tune_malloc
 from gct_ablate.devices import gpu_index
+from gct_ablate.errors import UsageError, disk_full
 from gct_ablate.storage import load_study, open_storage
 from gct_ablate.store.records import StoredTrial, stored_trials
 from gct_ablate.worker import Interrupted, WorkerOptions, interrupted_by, run_worker
@@ -53,6 +54,13 @@ def _worker_main(opts: WorkerOptions) -> None:
         run_worker(opts)
     except (KeyboardInterrupt, Interrupted):
         sys.exit(130)
+    except (UsageError, OSError) as err:  # one line, as the lead prints it
+        if isinstance(err, OSError) and not disk_full(err):
+            raise
+        from gct_ablate.masking import mask
+
+        print(f"Error: {mask(str(err))}", file=sys.stderr)
+        sys.exit(2)
 
 
 _PRIORITY = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
@@ -170,8 +178,12 @@ def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console
             ctx = mp.get_context("spawn")
             procs = [ctx.Process(target=_worker_main, args=(o,), daemon=False)
                      for o in each[1:]]
-            for p in procs:  # the others start while this process, already warm, works
-                p.start()
+            for i, p in enumerate(procs):  # they start while this process, already warm, works
+                try:
+                    p.start()
+                except OSError as err:  # out of processes or memory: one line, trials kept
+                    raise UsageError(f"cannot start worker process {i + 2} of {workers}: "
+                                     f"{err.strerror or err}; pass fewer --workers") from None
             torch.set_num_threads(threads)
             tune_malloc()
             index = gpu_index(devices[0])
@@ -187,11 +199,27 @@ def run_workers(opts: WorkerOptions, workers: int, epochs: int, console: Console
     return [p.exitcode for p in procs if p.exitcode]
 
 
+MANY_WORKERS = 4  # workers per core allowed without --allow-many-workers
+
+
+def check_workers(workers: int, allow_many: bool = False) -> int:
+    """``workers`` if at least 1 and at most cores x 4 (unless ``allow_many``); else one line."""
+    cores = os.cpu_count() or 1
+    if workers < 1:
+        raise UsageError(f"invalid --workers {workers}; must be >= 1")
+    if workers > MANY_WORKERS * cores and not allow_many:
+        raise UsageError(f"--workers {workers} is more than {MANY_WORKERS} per core "
+                         f"({cores} core(s) here: at most {MANY_WORKERS * cores}); pass "
+                         "--allow-many-workers to start them anyway")
+    return workers
+
+
 def _stop(procs: list[Any]) -> None:
     """SIGTERM the spawned workers (they fail and re-queue their trials) and wait."""
-    for p in procs:
-        if p.is_alive() and p.pid:
+    started = [p for p in procs if p.pid is not None]  # a process that never started: no join
+    for p in started:
+        if p.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGTERM)
-    for p in procs:
+    for p in started:
         p.join(timeout=60)

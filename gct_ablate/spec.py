@@ -169,8 +169,9 @@ def parse_cell_id(text: str) -> Cell:
     return tuple(tuple(part.split("=", 1)) for part in text.split())  # type: ignore[misc]
 
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9._=-]{0,199}")
-NAME_RULE = ("letters, digits and . _ - = only, no leading dot, at most 200 characters")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_=][A-Za-z0-9._=-]{0,199}")
+NAME_RULE = ("letters, digits and . _ - = only, no leading dot or dash, at most 200 "
+             "characters")
 
 
 def check_name(name: str, what: str = "study name") -> str:

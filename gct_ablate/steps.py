@@ -24,7 +24,7 @@ from gct_ablate._util import DEFAULT_OUT
 from gct_ablate.cost import CostEstimate, CostLimits, TooCostly, estimate_cost
 from gct_ablate.grid import check_tracking_uri, find_study, missing, prepare_study
 from gct_ablate.spec import StudySpec, cell_id
-from gct_ablate.storage import HEARTBEAT_INTERVAL, open_storage, storage_label
+from gct_ablate.storage import HEARTBEAT_INTERVAL, journal_file, open_storage, storage_label
 from gct_ablate.store.recipe import with_recipe
 from gct_ablate.store.records import stored_study
 from gct_ablate.study import (
@@ -59,11 +59,10 @@ class StudyPlan:
     devices: tuple[str, ...] = ()  # the device of each local worker
     spec: StudySpec = field(default_factory=StudySpec, repr=False)  # its stored recipe
     storage_url: str | None = None  # as given (None: the journal in ``out``)
-    tracking_given: str | None = None  # as given (None: the one stored, else ``out``'s)
     pruner: str = "none"
     retry_failed: bool = False
     heartbeat: int = HEARTBEAT_INTERVAL
-    handle: Any = field(default=None, repr=False, compare=False)  # the open Optuna storage
+    handle: Any = field(default=None, repr=False, compare=False)  # None: no journal yet
 
     @property
     def needs_approval(self) -> bool:
@@ -83,6 +82,7 @@ def plan(
     heartbeat: int = HEARTBEAT_INTERVAL,
     limits: CostLimits | None = CostLimits(),
     gpus: str | Sequence[int] | None = None,
+    allow_many_workers: bool = False,
 ) -> StudyPlan:
     """Check the spec, its data and its stores, and say what :func:`execute` will do.
 
@@ -91,17 +91,22 @@ def plan(
     otherwise. ``workers`` local processes share the queue (default
     :func:`gct_ablate.study.default_workers`), placed over ``gpus`` with CUDA. A stored
     study of that name is resumed: its grid must match, and it keeps its recipe and
-    schedule. ``limits``: the cost estimate's (None: no estimate).
+    schedule. ``limits``: the cost estimate's (None: no estimate). More workers than 4 per
+    core need ``allow_many_workers``. A new journal is made only by :func:`execute`.
     """
+    from gct_ablate.runner import check_workers
+
     make_pruner(pruner)
-    n_workers = workers or default_workers()
+    n_workers = check_workers(workers or default_workers(), allow_many_workers)
     devices = place(spec.base.device, n_workers, gpus)
     preflight_data(spec)  # bad data: refused before any folder or store is made
     out = output_dir(out)
     uri = resolve_tracking_uri(out, tracking_uri)
-    opened = open_storage(storage, out, heartbeat_interval=heartbeat,
-                          grace_period=3 * heartbeat)
-    existing = find_study(spec, opened)  # another grid of that name: refused here
+    journal = journal_file(storage, out)
+    fresh = journal is not None and not journal.exists()  # no journal made by a plan
+    opened = None if fresh else open_storage(storage, out, heartbeat_interval=heartbeat,
+                                             grace_period=3 * heartbeat)
+    existing = None if opened is None else find_study(spec, opened)  # other grid: refused
     if existing is not None:  # before touching any store: tracked elsewhere is refused
         check_tracking_uri(existing, uri)
         spec = with_recipe(keep_schedule(existing, spec), stored_study(existing).attrs)
@@ -115,7 +120,7 @@ def plan(
         total=len(spec.trials()), done=done, enqueued=len(queue), failed_left=failed_left,
         workers=n_workers, storage=storage_label(storage, out), tracking_uri=uri, out=out,
         estimate=estimate, devices=tuple(devices), spec=spec, storage_url=storage,
-        tracking_given=tracking_uri, pruner=pruner, retry_failed=retry_failed,
+        pruner=pruner, retry_failed=retry_failed,
         heartbeat=heartbeat, handle=opened)
 
 
@@ -132,11 +137,11 @@ def execute(plan: StudyPlan, *, console: Any = None, approve_cost: bool = False)
     if plan.needs_approval and not approve_cost:
         e = plan.estimate
         raise TooCostly(f"{e.line()}; not started, nothing was queued ({e.ofat_line()})")
-    check_tracking(plan.tracking_uri)
+    check_tracking(plan.tracking_uri)  # before a new journal: a wrong URI leaves nothing behind
     tracker = Tracker(plan.tracking_uri, artifact_root=plan.out / "mlartifacts")
-    prepared = prepare_study(plan.spec, plan.handle, tracker, retry_failed=plan.retry_failed)
+    prepared = prepare_study(plan.spec, _storage(plan), tracker, retry_failed=plan.retry_failed)
     opts = WorkerOptions(study_name=plan.name, storage=plan.storage_url, out_dir=str(plan.out),
-                         base=plan.spec.base, tracking_uri=plan.tracking_given,
+                         base=plan.spec.base, tracking_uri=plan.tracking_uri,
                          pruner=plan.pruner, heartbeat_interval=plan.heartbeat,
                          grace_period=3 * plan.heartbeat)
     epochs = plan.spec.config(()).epochs
@@ -156,7 +161,7 @@ def execute(plan: StudyPlan, *, console: Any = None, approve_cost: bool = False)
     def said(result: Any, queued: int) -> None:
         console.print(look_line(result, queued), highlight=False)
 
-    run_until_decided(prepared.study, plan.handle, plan.spec, work,
+    run_until_decided(prepared.study, _storage(plan), plan.spec, work,
                       on_look=said if console is not None else None)
 
 
@@ -165,7 +170,15 @@ def finish(plan: StudyPlan) -> Summary:
     its MLflow parent run, which is finished once no trial is left
     (:func:`gct_ablate.study.finish_study`)."""
     tracker = Tracker(plan.tracking_uri, artifact_root=plan.out / "mlartifacts")
-    return finish_study(plan.handle, plan.name, tracker, plan.out, margin=plan.spec.margin)
+    return finish_study(_storage(plan), plan.name, tracker, plan.out, margin=plan.spec.margin)
+
+
+def _storage(plan: StudyPlan) -> Any:
+    """The plan's open storage; a new journal is made here (the handle is kept per process)."""
+    if plan.handle is not None:
+        return plan.handle
+    return open_storage(plan.storage_url, plan.out, heartbeat_interval=plan.heartbeat,
+                        grace_period=3 * plan.heartbeat)
 
 
 def run_study(
@@ -182,6 +195,7 @@ def run_study(
     limits: CostLimits | None = CostLimits(),
     approve_cost: bool = False,
     gpus: str | Sequence[int] | None = None,
+    allow_many_workers: bool = False,
 ) -> Summary:
     """Create or resume the study, run every queued cell x seed, and summarise it: the
     three steps of :mod:`gct_ablate.steps` in a row (``plan``, ``execute``, ``finish``; see
@@ -191,6 +205,6 @@ def run_study(
     """
     planned = plan(spec, out=out, storage=storage, tracking_uri=tracking_uri, workers=workers,
                    pruner=pruner, retry_failed=retry_failed, heartbeat=heartbeat,
-                   limits=limits, gpus=gpus)
+                   limits=limits, gpus=gpus, allow_many_workers=allow_many_workers)
     execute(planned, console=console, approve_cost=approve_cost)
     return finish(planned)

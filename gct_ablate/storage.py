@@ -12,6 +12,7 @@ import optuna
 from gct_ablate._util import mask_url
 from gct_ablate.errors import StudyNotFound, UsageError
 from gct_ablate.locks import database_lock, driver_url
+from gct_ablate.masking import check_url
 from gct_ablate.recovery import requeue_stale
 
 JOURNAL_NAME = "optuna.journal"
@@ -28,12 +29,23 @@ def storage_label(storage: str | None, out_dir: Path) -> str:
 _OPENED: dict[tuple[Any, ...], optuna.storages.BaseStorage] = {}
 
 
+def journal_file(storage: str | None, out_dir: Path) -> Path | None:
+    """The journal file of ``storage`` (None: the default one in ``out_dir``); None for a
+    database URL."""
+    if storage is None:
+        return out_dir / JOURNAL_NAME
+    if storage.endswith(".journal") or storage.startswith("journal:"):
+        return Path(storage.removeprefix("journal:"))
+    return None
+
+
 def open_storage(
     storage: str | None,
     out_dir: Path,
     *,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
+    create: bool = True,
 ) -> optuna.storages.BaseStorage:
     """The storage (see :func:`_open_new`), opened once per process: every later call for
     the same storage returns the same handle (a journal file replaced since counts as
@@ -42,7 +54,7 @@ def open_storage(
     if key in _OPENED:
         return _OPENED[key]
     opened = _open_new(storage, out_dir, heartbeat_interval=heartbeat_interval,
-                       grace_period=grace_period)
+                       grace_period=grace_period, create=create)
     key = _identity(storage, out_dir, heartbeat_interval, grace_period)  # a new file now
     if key[-1] is not None:
         _OPENED[key] = opened
@@ -51,9 +63,9 @@ def open_storage(
 
 def _identity(storage: str | None, out_dir: Path, heartbeat_interval: int,
               grace_period: int) -> tuple[Any, ...]:
-    if storage is None or storage.endswith(".journal") or storage.startswith("journal:"):
-        path = (out_dir / JOURNAL_NAME if storage is None
-                else Path(storage.removeprefix("journal:"))).resolve()
+    path = journal_file(storage, out_dir)
+    if path is not None:
+        path = path.resolve()
         try:
             stat = path.stat()
         except OSError:
@@ -68,22 +80,30 @@ def _open_new(
     *,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
+    create: bool = True,
 ) -> optuna.storages.BaseStorage:
     """The default journal file in ``out_dir``, a '*.journal' path, or an RDB URL.
 
     RDB storages get heartbeats: a trial whose worker dies is failed after
-    ``grace_period`` seconds and re-queued. Unreachable storage: one-line UsageError.
+    ``grace_period`` seconds and re-queued. Unreachable storage: one-line UsageError; so is
+    a missing journal file when not ``create`` (read commands make no file), and a journal
+    damaged before its last record (:mod:`gct_ablate.journal`).
     """
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalStorage
 
-    if storage is None or storage.endswith(".journal") or storage.startswith("journal:"):
-        path = out_dir / JOURNAL_NAME if storage is None else Path(storage.removeprefix("journal:"))
+    from gct_ablate.journal import GuardedJournal
+
+    path = journal_file(storage, out_dir)
+    if path is not None:
+        if not create and not path.is_file():
+            raise UsageError(f"no study storage {path}; pass --out DIR (the folder of the "
+                             "study's first run) or --storage URL")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(GuardedJournal(str(path)))
         except OSError as err:
             raise UsageError(f"cannot use storage {path}: {err.strerror or err}") from None
-    url = driver_url(storage)
+    url = driver_url(check_url(storage))
     try:
         with database_lock(url, "schema"):  # one process at a time creates the tables
             return _rdb_storage(url, storage, heartbeat_interval, grace_period)
@@ -134,7 +154,7 @@ def open_named_study(out: str | Path, storage: str | None, name: str | None
     out = Path(out)
     if storage is None and not (out / JOURNAL_NAME).exists():
         raise UsageError(f"no study storage in {out}; pass --out DIR or --storage URL")
-    opened = open_storage(storage, out)
+    opened = open_storage(storage, out, create=False)
     if name is None:
         names = study_names(opened)
         if len(names) != 1:

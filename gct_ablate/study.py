@@ -18,7 +18,8 @@ from gct_ablate._util import DEFAULT_OUT
 from gct_ablate.devices import cuda_count, worker_devices
 from gct_ablate.errors import StudyNotFound, UsageError
 from gct_ablate.grid import check_tracking_uri, spec_from_attrs
-from gct_ablate.locks import study_lock
+from gct_ablate.locks import driver_url, study_lock
+from gct_ablate.relocate import study_uri
 from gct_ablate.spec import StudySpec, TrialConfig
 from gct_ablate.storage import HEARTBEAT_INTERVAL, load_study, open_storage
 from gct_ablate.store.open import verify
@@ -131,6 +132,7 @@ def join_study(
     wait: float = WAIT_FOR_STUDY,
     console: Any = None,
     gpus: str | Sequence[int] | None = None,
+    allow_many_workers: bool = False,
 ) -> list[int]:
     """Work on a study until its queue is empty (what ``gct-ablate worker`` does).
 
@@ -140,20 +142,24 @@ def join_study(
     (another one is refused). ``gpus``: as for :func:`run_study`. Returns the exit codes of
     spawned workers that failed.
     """
-    from gct_ablate.runner import run_workers
+    from gct_ablate.runner import check_workers, run_workers
 
+    check_workers(workers, allow_many_workers)
     base = base or TrialConfig()
     devices = place(base.device, workers, gpus)
     out = output_dir(out)
-    found = wait_for_study(open_storage(storage, out), name, wait, console)
+    opened = open_storage(storage, out)
+    found = wait_for_study(opened, name, wait, console)
     if tracking_uri is not None:
+        tracking_uri = driver_url(tracking_uri)
         check_tracking_uri(found, tracking_uri)
     stored = stored_study(found)
-    check_tracking(tracking_uri or stored.tracking_uri)
+    uri = tracking_uri or driver_url(study_uri(stored.tracking_uri, opened))
+    check_tracking(uri)
     spec = spec_from_attrs(stored.attrs, base)
-    preflight_data(spec, tracking_uri or stored.tracking_uri)
+    preflight_data(spec, uri)
     opts = WorkerOptions(study_name=name, storage=storage, out_dir=str(out), base=base,
-                         tracking_uri=tracking_uri, heartbeat_interval=heartbeat,
+                         tracking_uri=uri, heartbeat_interval=heartbeat,
                          grace_period=3 * heartbeat)
     return run_workers(opts, workers, spec.config(()).epochs, console, devices)
 
@@ -199,7 +205,7 @@ def study_progress(name: str, *, out: str | Path = DEFAULT_OUT, storage: str | N
     workers that ran trials (:func:`workers_of`)."""
     from gct_ablate.runner import progress
 
-    found = load_study(open_storage(storage, Path(out)), name)
+    found = load_study(open_storage(storage, Path(out), create=False), name)
     info = progress(found)
     trials = stored_trials(found)
     info["failed"] = [t for t in trials if t.state == "FAIL"]

@@ -54,6 +54,9 @@ def load_study_file(path: str | Path) -> StudySpec:
         raise SpecError(f"{path}: cannot read ({err.strerror})") from None
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: TOML syntax error: {err}") from None
+    except RecursionError:  # arrays or tables nested hundreds of levels deep
+        raise SpecError(f"{path}: nested too deeply to read (arrays or tables inside each "
+                        "other hundreds of times); a study file needs two levels") from None
     unknown = sorted(set(data) - _FILE_KEYS)
     if unknown:
         raise SpecError(
@@ -115,7 +118,12 @@ def build_spec(
     vary_names = tuple(split_levels(vary)) if vary else None
     lv: dict[str, tuple[str, ...]] = {}
     for text in levels:
-        lv.update({k: tuple(v) for k, v in parse_assignments(text, "--levels").items()})
+        for k, v in parse_assignments(text, "--levels").items():
+            if k in lv:  # refused, not merged: a second --levels used to replace the first
+                raise SpecError(f"--levels {k} given twice ({','.join(lv[k])} and "
+                                f"{','.join(v)}); give each factor's levels once, e.g. "
+                                f"--levels {k}={','.join((*lv[k], *v))}")
+            lv[k] = tuple(v)
     fixed: dict[str, str] = {}
     for text in set_:
         for k, v in parse_assignments(text, "--set").items():

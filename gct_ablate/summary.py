@@ -82,9 +82,13 @@ def load_results(storage: Any, study_name: str) -> StudyResults:
             params=t.params, number=t.number, mlflow_run_id=t.run_id, reason=t.reason,
             curve=t.curve,
         ))
-    tracking = {k: mask_url(v) for k, v in (
+    tracking = {k: mask_url(str(v)) for k, v in (
         (keys.EXPERIMENT_ID, stored.experiment_id), (keys.PARENT_RUN_ID, stored.parent_run_id),
         (keys.TRACKING_URI, stored.tracking_uri)) if v is not None}
+    if keys.TRACKING_URI in tracking:  # where it is here: a folder's store follows the folder
+        from gct_ablate.relocate import study_uri
+
+        tracking[keys.TRACKING_URI] = mask_url(str(study_uri(stored.tracking_uri, storage)))
     return StudyResults(spec=spec, reference_cell=str(reference), maximize=bool(maximize),
                         trials=records, study_name=study_name,
                         fingerprint=stored.fingerprint, tracking=tracking)

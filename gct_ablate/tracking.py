@@ -6,6 +6,7 @@ processes and threads can log at once.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from gct_ablate._util import mask_url
+from gct_ablate.dbcheck import first_call
 from gct_ablate.errors import UsageError
-from gct_ablate.locks import file_lock, sqlite_path
+from gct_ablate.locks import driver_url, file_lock, sqlite_path
+from gct_ablate.relocate import default_tracking_uri, needs_rebase, rebase_artifacts
 from gct_ablate.spec import check_name
 from gct_ablate.store import _mlflow, keys
 
@@ -27,13 +30,15 @@ PARENT_TAG = keys.TAG_PARENT
 EXPERIMENT_KIND = keys.TAG_EXPERIMENT_KIND
 
 
-def default_tracking_uri(out_dir: Path) -> str:
-    return f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+__all__ = ["Tracker", "check_tracking", "default_tracking_uri", "existing_store",
+           "resolve_tracking_uri", "ui_command"]
 
 
 def resolve_tracking_uri(out_dir: Path, override: str | None = None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else a SQLite store in ``out_dir``."""
-    return override or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out_dir)
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else a SQLite store in ``out_dir``; a
+    plain ``postgresql://`` gets the driver that is installed (as the Optuna storage does)."""
+    uri = override or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out_dir)
+    return driver_url(uri)
 
 
 # MLflow 3.17's UI picks an experiment's page by its "GenAI | Model training" switch (in
@@ -44,8 +49,9 @@ TRAINING_VIEW = "?workflowType=machine_learning"
 def ui_command(uri: str, experiment_id: str | None = None) -> str:
     """How to open these runs in the MLflow UI (on the experiment's training runs)."""
     page = f"/#/experiments/{experiment_id}{TRAINING_VIEW}" if experiment_id else ""
+    uri = mask_url(uri)
     if uri.startswith(("http://", "https://")):
-        return f"open {mask_url(uri).rstrip('/')}{page} in a browser (MLflow tracking server)"
+        return f"open {uri.rstrip('/')}{page} in a browser (MLflow tracking server)"
     if not page:
         return f"mlflow ui --backend-store-uri {uri}"
     return f"mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000{page}"
@@ -71,6 +77,23 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
             raise UsageError(f"MLflow store folder {folder} is missing or not writable")
         if path is not None:
             prepare_local_store(path)
+    else:  # a database: one call, so a wrong password or host is one line before training
+        quiet_mlflow()
+        first_call(uri)
+
+
+def existing_store(uri: str) -> str:
+    """``uri`` for reading a study's runs: a local SQLite store must exist (nothing is created
+    in a folder the study has left) and be whole; its artifact locations are rebased onto
+    its folder when the folder was moved or copied (:mod:`gct_ablate.relocate`)."""
+    path = sqlite_path(uri)
+    if path is None:
+        return driver_url(uri)
+    if not path.is_file():
+        raise UsageError(f"no MLflow store {path}; was the results folder moved? Pass --out "
+                         "with the folder that holds it (or --tracking-uri)")
+    prepare_local_store(path)
+    return uri
 
 
 def quiet_mlflow() -> None:
@@ -80,6 +103,7 @@ def quiet_mlflow() -> None:
     import mlflow  # noqa: F401  (importing it sets its loggers' levels: first, then ours)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.ERROR)  # its retry lines
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
@@ -96,11 +120,13 @@ def prepare_local_store(path: Path) -> None:
     with file_lock(path):
         if path.exists() and path.stat().st_size:
             _check_whole(path)
+            if needs_rebase(path):
+                rebase_artifacts(path)
             return
         tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
         tmp.unlink(missing_ok=True)
         try:
-            _mlflow.create_sqlite_store(tmp, (path.parent / "mlartifacts").as_uri())
+            _mlflow.create_sqlite_store(tmp, (path.parent / "mlartifacts").resolve().as_uri())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -111,9 +137,14 @@ def _check_whole(path: Path) -> None:
 
     try:
         left = _mlflow.interrupted_migrations(path)
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
     except sqlite3.DatabaseError as err:
-        raise UsageError(f"MLflow store {path} is not a readable SQLite database ({err}); "
-                         "move it aside to start a new store") from None
+        problem = str(err)
+    if problem != "ok":
+        raise UsageError(f"MLflow store {path} is not a readable SQLite database ({problem}; "
+                         f"{path.stat().st_size} bytes); back it up and restore it, or move it "
+                         "aside to start a new store") from None
     version = _mlflow.schema_version(path)
     if left:
         raise UsageError(
@@ -162,8 +193,8 @@ class Tracker:
 
         quiet_mlflow()
 
-        self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = driver_url(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
         self.artifact_root = artifact_root
 
     # ------------------------------------------------------------------ study level
@@ -268,7 +299,7 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)) for k, v in params.items()]
+        items = [Param(k, mask_url(str(v))) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
 
@@ -323,5 +354,5 @@ class Tracker:
     def end_trial(self, run_id: str, status: str, reason: str | None = None) -> None:
         """status: FINISHED, FAILED or KILLED (MLflow's run statuses)."""
         if reason:
-            self.client.set_tag(run_id, keys.TAG_STATUS_REASON, reason[:5000])
+            self.client.set_tag(run_id, keys.TAG_STATUS_REASON, mask_url(reason)[:5000])
         self.client.set_terminated(run_id, status=status)

@@ -21,9 +21,10 @@ import optuna
 from optuna.trial import TrialState
 
 from gct_ablate._util import mask_url, raise_pending, stop_signals
-from gct_ablate.errors import UsageError
+from gct_ablate.errors import UsageError, disk_full
 from gct_ablate.grid import distributions, spec_from_attrs
 from gct_ablate.recovery import fail_and_requeue, owner, reap_dead_trials, requeue
+from gct_ablate.relocate import study_uri
 from gct_ablate.resume import TrainingState, state_dir, state_path
 from gct_ablate.spec import Cell, StudySpec, TrialConfig, cell_id, parse_cell_id
 from gct_ablate.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, load_study, open_storage
@@ -120,7 +121,7 @@ def _run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | Non
     study.pruner = make_pruner(opts.pruner)
     stored = stored_study(study)
     spec = spec_from_attrs(stored.attrs, opts.base)
-    uri = opts.tracking_uri or stored.tracking_uri
+    uri = opts.tracking_uri or study_uri(stored.tracking_uri, storage)
     tracker = Tracker(uri, artifact_root=Path(opts.out_dir) / "mlartifacts")
     ran = 0
     while opts.max_trials is None or ran < opts.max_trials:
@@ -136,10 +137,13 @@ def _run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | Non
             try:
                 run_trial(study, trial_id, spec, tracker, on_event, out_dir=opts.out_dir)
             except (KeyboardInterrupt, Interrupted, Exception) as err:  # outside training
-                reason = (f"interrupted ({err or 'Ctrl-C'})" if not isinstance(err, Exception)
+                reason = (f"interrupted ({stop_reason(err)})" if not isinstance(err, Exception)
                           else f"worker error: {type(err).__name__}: {err}"[:1000])
-                fail_and_requeue(study, _optuna.get_trial(study, trial_id), reason,
-                                 end_run=not _tracking_error(err))
+                with contextlib.suppress(OSError) if disk_full(err) else contextlib.nullcontext():
+                    # a full disk may refuse this write too: the trial then stays RUNNING
+                    # with a dead owner, and the next start re-queues it
+                    fail_and_requeue(study, _optuna.get_trial(study, trial_id), reason,
+                                     end_run=not _tracking_error(err))
                 if _tracking_error(err):
                     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
                     raise UsageError(f"MLflow tracking at {mask_url(tracker.uri)} failed: "
@@ -155,6 +159,13 @@ def _tracking_error(err: BaseException) -> bool:
     from mlflow.exceptions import MlflowException
 
     return isinstance(err, MlflowException)
+
+
+def stop_reason(err: BaseException) -> str:
+    """'Ctrl-C' or 'signal 15': why a trial was stopped (never an empty pair of brackets)."""
+    text = str(err).strip()
+    return text if text else ("Ctrl-C" if isinstance(err, KeyboardInterrupt) else
+                              type(err).__name__)
 
 
 def run_trial(
@@ -237,12 +248,12 @@ def run_trial(
         study.tell(trial, state=TrialState.PRUNED)
         return
     except (KeyboardInterrupt, Interrupted) as err:
-        reason = f"interrupted ({err or 'Ctrl-C'})"
+        reason = f"interrupted ({stop_reason(err)})"
         _fail(study, trial, tracker, run_id, reason, "KILLED")
         requeue(study, _optuna.get_trial(study, trial_id), reason)
         raise
     except Exception as err:  # a broken trial must not stop the study
-        if _tracking_error(err):
+        if _tracking_error(err) or disk_full(err):
             raise  # not the trial's fault: run_worker re-queues it and stops
         _fail(study, trial, tracker, run_id, f"{type(err).__name__}: {err}", "FAILED")
         return

@@ -21,7 +21,7 @@ from gct_ablate.study_file import build_spec, load_study_file
 from gct_ablate.tracking import Tracker
 
 HOSTILE = ["../../etc/x", "/tmp/abs", "a/b", ".hidden", "..", "x\\y", "new\nline", "sp ace",
-           "", "x" * 201, "nul\x00"]
+           "", "x" * 201, "nul\x00", "-h", "--help"]
 
 
 def files_under(root: Path) -> set[Path]:
@@ -38,7 +38,7 @@ def test_hostile_study_name_writes_nothing_anywhere(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0] == ("Error: invalid study name '../../etc/x'; use letters, digits and "
-                        ". _ - = only, no leading dot, at most 200 characters")
+                        ". _ - = only, no leading dot or dash, at most 200 characters")
     assert "Traceback" not in result.stdout + result.stderr
     assert files_under(tmp_path) == {tmp_path / "a", work}  # not even the output folder
 

@@ -134,7 +134,7 @@ def test_a_single_cell_or_an_all_failed_study_still_gets_a_report(tmp_path) -> N
     assert "learning curves: no trial reported per-epoch values" in report.missing
     md = save_report(report, tmp_path / "failed.html").markdown.read_text(encoding="utf-8")
     assert "too few runs" in md and "no trial reported per-epoch values" in md
-    assert sorted(p.name for p in (tmp_path / "failed_files").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "failed_files").glob("*.png")) == [
         f"{f.name}.png" for f in sorted(report.figures, key=lambda f: f.name)]
 
 

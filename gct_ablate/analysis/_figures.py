@@ -13,8 +13,17 @@ def slug(text: str) -> str:
     """File-name form of a cell id or name: 'p=2 activation=tanh' -> 'p=2_activation=tanh'.
 
     Only letters, digits and ``=+.-_`` survive and the result never starts with a dot: no
-    path separator, no '.' or '..', so it names a file inside the folder it is joined to."""
-    return re.sub(r"[^A-Za-z0-9=+.-]+", "_", text).strip("_").lstrip(".") or "single"
+    path separator, no '.' or '..', so it names a file inside the folder it is joined to.
+    A long one is cut to 120 characters and a hash of the whole: file names stay far below
+    the 255 bytes file systems allow."""
+    name = re.sub(r"[^A-Za-z0-9=+.-]+", "_", text).strip("_").lstrip(".-") or "single"
+    if len(name) > 120:
+        import hashlib
+
+        suffix = Path(name).suffix if len(Path(name).suffix) <= 5 else ""
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        name = f"{name[:120 - len(suffix) - 13]}-{digest}{suffix}"
+    return name
 
 
 def png_path(output: Path | None, out: Path, stem: str, part: str, several: bool) -> Path:

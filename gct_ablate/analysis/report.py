@@ -145,8 +145,33 @@ def build_report(results: StudyResults, summary: Summary, *, artifacts: bool = T
 
 
 def report_file(out: Path, study: str) -> Path:
-    """Where ``run`` and ``report`` put a study's report: ``OUT/STUDY-report.html``."""
-    return Path(out) / f"{study}-report.html"
+    """Where ``run`` and ``report`` put a study's report: ``OUT/STUDY-report.html`` (the
+    name made safe at write time: a stored name never leads outside ``out``)."""
+    from gct_ablate.analysis._figures import slug
+
+    return Path(out) / slug(f"{study}-report.html")
+
+
+WRITTEN = ".gct-ablate-report"  # in FILE_files/: the files the last report wrote there
+
+
+def _check_ours(paths: ReportPaths, own: bool) -> list[str]:
+    """The images an earlier report of this tool wrote (to replace); a one-line UsageError
+    when ``paths`` would overwrite or delete files it did not write (``own``: the tool's own
+    default place in --out, where earlier versions left no list)."""
+    listed = paths.images / WRITTEN
+    if listed.is_file():
+        names = listed.read_text(encoding="utf-8").split()
+        return [n for n in names if n.endswith(".png") and "/" not in n]
+    if own:
+        return [p.name for p in paths.images.glob("*.png")]
+    theirs = [p for p in (paths.html, paths.markdown) if p.exists()]
+    if paths.images.is_dir() and any(paths.images.iterdir()):
+        theirs.append(paths.images)
+    if theirs:
+        raise UsageError(f"{theirs[0]} exists and was not written by gct-ablate; nothing was "
+                         "written: pass another --output (or move it aside)")
+    return []
 
 
 def report_paths(html: Path) -> ReportPaths:
@@ -154,17 +179,21 @@ def report_paths(html: Path) -> ReportPaths:
     return ReportPaths(html, html.with_suffix(".md"), html.with_name(f"{html.stem}_files"))
 
 
-def save_report(report: Report, html: Path) -> ReportPaths:
-    """Write the HTML file, the Markdown twin beside it and the Markdown's images."""
+def save_report(report: Report, html: Path, own: bool = True) -> ReportPaths:
+    """Write the HTML file, the Markdown twin beside it and the Markdown's images; only
+    files an earlier report wrote are replaced (``own``: see :func:`_check_ours`)."""
     from gct_ablate.analysis.report_text import to_html, to_markdown
 
     paths = report_paths(Path(html))
+    earlier = _check_ours(paths, own)
     try:
         paths.images.mkdir(parents=True, exist_ok=True)
-        for old in paths.images.glob("*.png"):  # an earlier report's figures
-            old.unlink()
-        for f in report.figures:
-            (paths.images / f"{f.name}.png").write_bytes(f.png)
+        for name in earlier:  # an earlier report's figures
+            (paths.images / name).unlink(missing_ok=True)
+        names = [f"{f.name}.png" for f in report.figures]
+        (paths.images / WRITTEN).write_text("\n".join(names) + "\n", encoding="utf-8")
+        for f, name in zip(report.figures, names, strict=True):
+            (paths.images / name).write_bytes(f.png)
         paths.html.write_text(to_html(report), encoding="utf-8")
         paths.markdown.write_text(to_markdown(report, paths.images.name), encoding="utf-8")
     except OSError as err:
@@ -227,10 +256,11 @@ def write_report(study: str | None = None, *, out: str | Path = DEFAULT_OUT,
         raise UsageError(f"study {study!r} has no MLflow parent run to log the report on")
     summary = summarize(results, margin=margin)
     report = build_report(results, summary)
-    paths = save_report(report, output or report_file(out, study))
+    paths = save_report(report, output or report_file(out, study), own=output is None)
     if log and parent:
-        from gct_ablate.tracking import Tracker
+        from gct_ablate.tracking import Tracker, existing_store
 
-        log_report(Tracker(results.tracking[keys.TRACKING_URI]), parent, report, paths)
+        log_report(Tracker(existing_store(results.tracking[keys.TRACKING_URI])), parent, report,
+                   paths)
         paths = ReportPaths(paths.html, paths.markdown, paths.images, parent)
     return paths

@@ -31,6 +31,8 @@ Storage = Annotated[str | None, typer.Option(
 TrackingUri = Annotated[str | None, typer.Option(
     "--tracking-uri", help="MLflow tracking URI (e.g. http://host:5000). Default: "
     "$MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db.")]
+AllowMany = Annotated[bool, typer.Option(
+    "--allow-many-workers", help="Allow more than 4 worker processes per core.")]
 Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N.")]
 Gpus = Annotated[str | None, typer.Option(
     "--gpus", help="GPUs for the workers, e.g. 0,2 (indices among those CUDA_VISIBLE_DEVICES "

@@ -14,6 +14,7 @@ from gct_ablate._util import DEFAULT_OUT, mask_url
 from gct_ablate.cli._app import app, check_format, console, err_console, one_line_errors
 from gct_ablate.cli._options import (
     STORAGE_ENV,
+    AllowMany,
     CheckpointDir,
     CheckpointEvery,
     DataDir,
@@ -83,6 +84,7 @@ def run(
     workers: Annotated[int | None, typer.Option(
         min=1, help="Local worker processes sharing the storage (default: min(cores, 4)).")]
     = None,
+    allow_many_workers: AllowMany = False,
     pruner: Annotated[str, typer.Option(help="none (compare complete runs), median, hyperband.")]
     = "none",
     retry_failed: Annotated[bool, typer.Option(help="Re-queue failed cells.")] = False,
@@ -122,7 +124,7 @@ def run(
     planned = plan(spec, out=out, storage=storage, tracking_uri=tracking_uri, workers=workers,
                    pruner=pruner, retry_failed=retry_failed, heartbeat=heartbeat,
                    limits=None if yes else CostLimits(ask_above_trials, ask_above_hours),
-                   gpus=gpus)
+                   gpus=gpus, allow_many_workers=allow_many_workers)
     if planned.needs_approval:
         _confirm_cost(planned.estimate)
     _print_plan(planned)
@@ -140,7 +142,9 @@ def run(
     console.print(f"\nOpen the runs in MLflow:  [bold]{ui}[/]", soft_wrap=True)
     console.print(f"Summary again later:     gct-ablate summary {spec.study_name}"
                   + _storage_hint(storage, out), highlight=False, soft_wrap=True)
-    console.print(f"Report (HTML, Markdown): {out / (spec.study_name + '-report.html')}",
+    from gct_ablate.analysis.report import report_file
+
+    console.print(f"Report (HTML, Markdown): {report_file(out, spec.study_name)}",
                   highlight=False, soft_wrap=True)
 
 
@@ -219,6 +223,7 @@ def worker(
         "one stored with the study.")] = None,
     out: Out = DEFAULT_OUT,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
+    allow_many_workers: AllowMany = False,
     device: Device = "auto",
     gpus: Gpus = None,
     threads: Threads = None,
@@ -245,7 +250,7 @@ def worker(
     try:
         failed = join_study(study, out=out, storage=storage, tracking_uri=tracking_uri,
                             workers=workers, base=base, heartbeat=heartbeat, wait=wait,
-                            console=console, gpus=gpus)
+                            console=console, gpus=gpus, allow_many_workers=allow_many_workers)
     except (KeyboardInterrupt, Interrupted):
         err_console.print("[yellow]Interrupted.[/] The running trial was re-queued.")
         raise typer.Exit(130) from None

@@ -113,6 +113,8 @@ def _sized(name: str, root: Path, download: bool, seed: int, val_fraction: float
         stratified_subset(data.labels("train"), train_size, "train_size", title % "training"),
         stratified_subset(data.labels("val"), val_size, "val_size", title % "validation"))
     if image_size and image_size != data.image_size:
+        check_fits(len(data.train_x) + len(data.val_x), data.in_channels, image_size, name,
+                   data.train_x.dtype)
         data = dataclasses.replace(
             data, train_x=_resize(data.train_x, image_size), val_x=_resize(data.val_x, image_size),
             image_size=image_size, pad=max(1, data.pad * image_size // data.image_size))
@@ -131,6 +133,34 @@ def _load(name: str, root: Path, download: bool, seed: int, val_fraction: float)
     else:
         data = _sources.fake(seed)
     return data
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (MemAvailable), else its physical memory."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(images: int, channels: int, size: int, name: str, dtype: torch.dtype) -> None:
+    """A one-line DataError when ``images`` tensors of ``size`` x ``size`` would not fit in
+    the memory this machine has free (the resize holds them all at once)."""
+    need = images * channels * size * size * dtype.itemsize
+    free = available_memory()
+    if free is not None and need > 0.8 * free:
+        kind = str(dtype).removeprefix("torch.")
+        raise DataError(f"{name} at image_size={size}: {images:,} images x {channels} x "
+                        f"{size}x{size} {kind} = {need / 2**30:.1f} GiB, more than the "
+                        f"{free / 2**30:.1f} GiB of memory free here; choose a smaller "
+                        "image_size")
 
 
 def _resize(x: Tensor, size: int) -> Tensor:

@@ -248,6 +248,9 @@ def imagefolder(root: Path, val_fraction: float, image_size: int | None, train_s
     val = select_samples(val, stratified_subset(val.targets, val_size, "val_size",
                                                 f"{root}'s validation split"))
     classes = tuple(train.classes)
+    if len(classes) < 2:  # one class trains to a meaningless 100 %
+        raise DataError(f"{root}: {len(classes)} class folder(s) ({', '.join(classes)}); "
+                        "classification needs at least two")
     n = len(train.samples) + len(val.samples)
     if stream is None:
         stream = should_stream(n, image_size or IMAGEFOLDER_SIZE, budget_gb)

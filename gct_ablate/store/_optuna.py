@@ -10,6 +10,9 @@ test_library_contracts.py fails first).
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -60,6 +63,13 @@ def journal_path(storage: optuna.storages.BaseStorage) -> str | None:
     backend = getattr(storage, "_backend", None)
     return getattr(backend, "_file_path", None) if isinstance(
         storage, optuna.storages.JournalStorage) else None
+
+
+def journal_lock(backend: Any) -> contextlib.AbstractContextManager[None]:
+    """The file lock a journal file backend appends under (Optuna's own)."""
+    from optuna.storages.journal._file import get_lock_file
+
+    return get_lock_file(backend._lock)
 
 
 def rdb_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
