@@ -36,7 +36,7 @@ def default_tracking_uri(out_dir: Path) -> str:
 
 
 def _journal_folder(storage: Any) -> Path | None:
-    from gct_ablate import _optuna
+    from gct_ablate.store import _optuna
 
     journal = _optuna.journal_path(storage)
     return Path(journal).resolve().parent if journal else None

@@ -87,11 +87,11 @@ def _open_new(
     RDB storages get heartbeats: a trial whose worker dies is failed after
     ``grace_period`` seconds and re-queued. Unreachable storage: one-line UsageError; so is
     a missing journal file when not ``create`` (read commands make no file), and a journal
-    damaged before its last record (:mod:`gct_ablate.journal`).
+    damaged before its last record (:mod:`gct_ablate.store.journal`).
     """
     from optuna.storages.journal import JournalStorage
 
-    from gct_ablate.journal import GuardedJournal
+    from gct_ablate.store.journal import GuardedJournal
 
     path = journal_file(storage, out_dir)
     if path is not None:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from gct_ablate.cli import app
-from gct_ablate.journal import find_damage, torn_tail
+from gct_ablate.store.journal import find_damage, torn_tail
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,4 +6,5 @@
 - :mod:`.recipe`: every cell's full TrialConfig, kept at creation and trained on resume.
 - :mod:`.open`: ``verify``, the checks that a stored study is the one a command means.
 - :mod:`._optuna`, :mod:`._mlflow`: the calls below the libraries' public APIs.
+- :mod:`.journal`: journal files that heal a torn last record or refuse damage in one line.
 """

@@ -20,8 +20,8 @@ from typing import Any
 
 from optuna.storages.journal import JournalFileBackend
 
-from gct_ablate import _optuna
 from gct_ablate.errors import UsageError
+from gct_ablate.store import _optuna
 
 _TAIL_BLOCK = 1 << 16
 
