@@ -26,7 +26,7 @@ def storage_label(storage: str | None, out_dir: Path) -> str:
     return mask_url(storage) if storage else str((out_dir / JOURNAL_NAME).resolve())
 
 
-_OPENED: dict[tuple[Any, ...], optuna.storages.BaseStorage] = {}
+_OPENED: dict[tuple[Any, ...], tuple[optuna.storages.BaseStorage, int]] = {}
 
 
 def journal_file(storage: str | None, out_dir: Path) -> Path | None:
@@ -48,30 +48,32 @@ def open_storage(
     create: bool = True,
 ) -> optuna.storages.BaseStorage:
     """The storage (see :func:`_open_new`), opened once per process: every later call for
-    the same storage returns the same handle (a journal file replaced since counts as
-    another storage)."""
-    key = _identity(storage, out_dir, heartbeat_interval, grace_period)
-    if key in _OPENED:
-        return _OPENED[key]
+    the same storage returns the same handle. A journal file replaced or shortened since
+    (rewritten by hand, repaired) is opened afresh."""
+    key, size = _identity(storage, out_dir, heartbeat_interval, grace_period)
+    if key in _OPENED and size >= _OPENED[key][1]:
+        _OPENED[key] = (_OPENED[key][0], size)
+        return _OPENED[key][0]
     opened = _open_new(storage, out_dir, heartbeat_interval=heartbeat_interval,
                        grace_period=grace_period, create=create)
-    key = _identity(storage, out_dir, heartbeat_interval, grace_period)  # a new file now
+    key, size = _identity(storage, out_dir, heartbeat_interval, grace_period)  # a new file
     if key[-1] is not None:
-        _OPENED[key] = opened
+        _OPENED[key] = (opened, size)
     return opened
 
 
 def _identity(storage: str | None, out_dir: Path, heartbeat_interval: int,
-              grace_period: int) -> tuple[Any, ...]:
+              grace_period: int) -> tuple[tuple[Any, ...], int]:
+    """What tells one storage from another, and a journal file's size (RDB: 0)."""
     path = journal_file(storage, out_dir)
     if path is not None:
         path = path.resolve()
         try:
             stat = path.stat()
         except OSError:
-            return ("journal", str(path), None)  # created by the open: not kept
-        return ("journal", str(path), stat.st_dev, stat.st_ino)
-    return ("rdb", storage, heartbeat_interval, grace_period)
+            return ("journal", str(path), None), 0  # created by the open: not kept
+        return ("journal", str(path), stat.st_dev, stat.st_ino), stat.st_size
+    return ("rdb", storage, heartbeat_interval, grace_period), 0
 
 
 def _open_new(

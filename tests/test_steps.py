@@ -3,6 +3,7 @@ between plan and execute, one storage handle per process, every figure drawn onc
 
 from __future__ import annotations
 
+import optuna
 import pytest
 
 import gct_ablate as ga
@@ -49,3 +50,16 @@ def test_a_run_opens_its_storage_once_and_draws_each_figure_once(tmp_path, monke
     assert (len(levels), len(forest)) == (1, 1)
     assert (tmp_path / "once-levels.png").stat().st_size > 0
     assert (tmp_path / "once-report.html").exists()
+
+
+def test_a_storage_handle_is_reused_until_its_journal_is_replaced_or_shortened(tmp_path):
+    from gct_ablate.storage import open_storage
+
+    first = open_storage(None, tmp_path)
+    assert open_storage(None, tmp_path) is first
+    journal = tmp_path / "optuna.journal"
+    optuna.create_study(study_name="s", storage=first)
+    assert open_storage(None, tmp_path) is first  # grown: the same handle
+    journal.write_bytes(b"")  # shortened (a repair, a hand edit): opened afresh
+    again = open_storage(None, tmp_path)
+    assert again is not first and storage_module.study_names(again) == []
