@@ -303,7 +303,8 @@ def tour(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tour]:
     pool = ThreadPoolExecutor(max_workers=1)
     try:
         for i, command in enumerate(ALL):
-            alone = i >= len(COMMANDS) and "gct_epochs" not in _study_file(command.split())
+            needs_backbone = "gct_epochs" in _study_file(command.split()).get("set", {})
+            alone = i >= len(COMMANDS) and not needs_backbone  # finetune.toml needs m.pt
             where = beside if alone else out
             argv = tiny(command, where, main_study=i == 0)
             step = Step(command, lambda argv=argv, where=where: run_fresh(argv, where),

@@ -75,7 +75,7 @@ def test_two_worker_processes_run_every_cell_exactly_once(tmp_path, monkeypatch)
         runs a trial (it imports torch first, and could otherwise find the queue empty),
         so both take cells whatever the machine's load."""
         def other_running() -> list[int]:
-            trials = load_study(open_storage(None, tmp_path), "tiny").trials
+            trials = prepared.study.trials  # (the journal re-read where it left off)
             return [t.user_attrs["pid"] for t in trials
                     if t.state == TrialState.RUNNING and t.user_attrs.get("pid") != os.getpid()]
 
