@@ -29,7 +29,7 @@ Tiny settings, so that the whole tour takes a few minutes on 2 cores. Rewriting 
   --val-size 96 --threads 1``, replacing the README's values.
 - ``summary``, ``report``, ``gates``, ``prune``: ``--out OUT``; ``factors``: as written.
 - The API excerpt: ``StudySpec`` gets ``epochs=1``, the small sizes, one seed and one
-  thread; ``run_study`` one worker.
+  thread; ``plan`` and ``run_study`` one worker.
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def _api_prelude() -> str:
         import dataclasses
         import gct_ablate as ga
 
-        _spec, _run = ga.StudySpec, ga.run_study
+        _spec, _run, _plan = ga.StudySpec, ga.run_study, ga.plan
 
         def _tiny_spec(*args, **kw):
             fixed = {"epochs": "1", "train_size": "96", "val_size": "96",
@@ -291,7 +291,10 @@ def _api_prelude() -> str:
         def _one_worker(spec, **kw):
             return _run(spec, **{**kw, "workers": 1})
 
-        ga.StudySpec, ga.run_study = _tiny_spec, _one_worker
+        def _plan_one_worker(spec, **kw):
+            return _plan(spec, **{**kw, "workers": 1})
+
+        ga.StudySpec, ga.run_study, ga.plan = _tiny_spec, _one_worker, _plan_one_worker
         # ---- the README's excerpt:
     """)
 
@@ -345,4 +348,5 @@ def test_tour_covers_the_readme() -> None:
     assert all(c.startswith("gct-ablate run studies/") for c in ALL[len(COMMANDS):])
     assert {Path(c.split()[-1]).name for c in ALL if c.endswith(".toml")} == {
         p.name for p in (ROOT / "studies").glob("*.toml")}
-    assert "ga.run_study" in readme_api_excerpt()
+    excerpt = readme_api_excerpt()
+    assert all(f"ga.{step}(" in excerpt for step in ("plan", "execute", "finish")), excerpt
