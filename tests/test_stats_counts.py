@@ -120,11 +120,12 @@ def test_count_data_end_to_end_through_the_decision_function(n) -> None:
 
 
 @pytest.mark.parametrize("n", [3, 5])
-def test_one_cell_at_three_times_the_sd_keeps_the_family_rate(n) -> None:
-    rng = np.random.default_rng(20 + n)
+@pytest.mark.parametrize("noisy", [5, 0], ids=["a cell", "the reference"])
+def test_one_cell_at_three_times_the_sd_keeps_the_family_rate(n, noisy) -> None:
+    rng = np.random.default_rng(20 + n + noisy)
     r = 4000
     sd = np.ones(24)
-    sd[5] = 3.0
+    sd[noisy] = 3.0
     rejected, _ = _decide(_blocks(rng, r, 24, n, sd))
     assert rejected.any(axis=1).mean() <= _ceiling(r)
 
@@ -142,7 +143,7 @@ def test_power_at_the_reported_mdd_is_80_percent(kind) -> None:
     r, n, alpha = 6000, 3, ALPHA / 23
     if kind == "pooled t":
         mdd = stats.min_detectable_difference(kind, n, 1.0, alpha, cells=24)
-        fit = fit_blocks(_blocks(rng, r, 24, n, shift=mdd), screen=0.0)
+        fit = fit_blocks(_blocks(rng, r, 24, n, shift=mdd), screen=0.0, screen_reference=0.0)
         p = pooled_tests(fit, None)[0][:, 1]
     elif kind == "paired t":
         mdd = stats.min_detectable_difference(kind, n, 1.0, alpha)

@@ -136,7 +136,8 @@ def _block(decisions: dict[str, Decision]) -> dict[str, Any] | None:
                 if d.comparison.note and "residual variance" in d.comparison.note]
     return {"test": POOLED, "seeds": first.n, "cells": len(pooled) + len(screened) + 1,
             "pooled_cells": len(pooled), "sd": first.sd, "df": first.df,
-            "screened_out": screened}
+            "screened_out": screened,
+            "reference_own_variance": bool(first.note and "reference's" in first.note)}
 
 
 def study_values(results: StudyResults) -> dict[str, dict[SeedKey, float]]:
