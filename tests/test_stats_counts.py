@@ -272,3 +272,18 @@ def test_two_constant_groups_get_the_exact_permutation_test() -> None:
     c = stats.compare({"#1": 0.9, "#2": 0.9, "#3": 0.9}, {"#4": 0.8, "#5": 0.8, "#6": 0.8},
                       margin=0.005)
     assert (c.test, c.p_value, c.p_equivalence) == ("exact permutation", 0.1, None)
+
+
+def test_a_noisy_reference_adds_its_own_variance_with_satterthwaite_df() -> None:
+    rng = np.random.default_rng(60)
+    sd = np.ones(8)
+    sd[0] = 6.0
+    y = _blocks(rng, 1, 8, 4, sd)[0]
+    values = {f"c{i}": dict(enumerate(row / 100)) for i, row in enumerate(y)}
+    found = stats.decide_family(values, "c0", [f"c{i}" for i in range(1, 8)], alpha=ALPHA,
+                                margin=None, maximize=True, power=True)
+    cmp = found["c1"].comparison
+    assert cmp.test == "pooled t" and "reference noisier" in cmp.note
+    assert cmp.df < cmp.sd_df == 21 and cmp.se > cmp.sd * math.sqrt(2 / 4)
+    assert found["c1"].mdd > stats.min_detectable_difference("pooled t", 4, cmp.sd, ALPHA / 7,
+                                                             cells=8)

@@ -37,6 +37,7 @@ from gct_ablate.stats._records import CONFIDENCE
 
 SCREEN_LEVEL = 0.1  # a cell whose residual variance is this unlikely under equality is own-tested
 REFERENCE_SCREEN_LEVEL = 0.3  # the reference: its own variance enters every comparison
+NOISY_REFERENCE = "reference noisier than the other cells"  # the pooled cells' note
 MIN_POOLED_CELLS = 3  # the reference and >= 2 cells: fewer pool nothing a paired t lacks
 
 
@@ -165,8 +166,8 @@ def block_comparisons(values: Mapping[str, Mapping[SeedKey, float]], reference: 
     d = y[0, 1:] - y[0, :1]
     out = {}
     noisy = bool(fit.noisy_reference[0])
-    note = (f"reference's residual variance high (F test p = {fit.screen_p[0, 0]:.2g} < "
-            f"{REFERENCE_SCREEN_LEVEL:g}): its own variance added, Satterthwaite df"
+    note = (f"{NOISY_REFERENCE} (F test p = {fit.screen_p[0, 0]:.2g} < "
+            f"{REFERENCE_SCREEN_LEVEL:g}): its own variance in the se, Satterthwaite df"
             if noisy else None)
     kept = [c for i, c in enumerate(order) if i and fit.kept[0, i]]
     for i, c in enumerate(order[1:], start=1):
