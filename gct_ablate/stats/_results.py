@@ -170,7 +170,7 @@ METHODS = {
     "A cell whose residual variance fails an F test against the rest's (p < 0.1) gets its "
     "own test instead: 'paired t' on the per-seed differences (>= 2 shared seeds), else "
     "Welch's t (Satterthwaite df). The reference, in every comparison, is screened at "
-    "p < 0.3; when it fails, se^2 = (s_ref^2 + s^2)/n with s_ref^2 its own variance "
+    "p < 0.35; when it fails, se^2 = (s_ref^2 + s^2)/n with s_ref^2 its own variance "
     "(Shukla's unbiased estimate from its residuals, at least s^2, n-1 df) and "
     "Satterthwaite df. "
     "Differences that do not vary get exact tests ('exact sign' on the per-seed "
