@@ -191,14 +191,17 @@ def test_summary_adjusts_with_holm_and_power_at_its_first_step() -> None:
     assert {c.test for c in others} == {"pooled t"}  # every cell shares the 4 seeds
     alpha = ALPHA / len(others)
     assert s.alpha_power == pytest.approx(alpha)
-    sd, df = s.pooled_sd["pooled"], others[0].test_df
+    df = others[0].test_df
     for c in others:  # noncentral t power of the pooled test at the reported mdd
-        se = sd * math.sqrt(2 / 4)
+        se = (c.ci[1] - c.ci[0]) / 2 / st.t.ppf(0.975, df)  # with the reference's own sd too
+        if not c.test_note:
+            assert se == pytest.approx(s.pooled_sd["pooled"] * math.sqrt(2 / 4))
         crit = st.t.ppf(1 - alpha / 2, df)
         assert st.nct.sf(crit, df, c.mdd / se) + st.nct.cdf(-crit, df, c.mdd / se) == (
             pytest.approx(0.8, abs=1e-6))
         assert c.mdd_upper > c.mdd
         n = c.seeds_needed
+        sd = se * math.sqrt(4 / 2)  # one run's sd behind the test's se
         needed = [stats.min_detectable_difference("pooled t", m, sd, alpha, cells=len(s.cells))
                   for m in (n, n - 1)]
         assert needed[0] <= 0.005 < needed[1]

@@ -120,11 +120,12 @@ def test_count_data_end_to_end_through_the_decision_function(n) -> None:
 
 
 @pytest.mark.parametrize("n", [3, 5])
-def test_one_cell_at_three_times_the_sd_keeps_the_family_rate(n) -> None:
-    rng = np.random.default_rng(20 + n)
+@pytest.mark.parametrize("noisy", [5, 0], ids=["a cell", "the reference"])
+def test_one_cell_at_three_times_the_sd_keeps_the_family_rate(n, noisy) -> None:
+    rng = np.random.default_rng(20 + n + noisy)
     r = 4000
     sd = np.ones(24)
-    sd[5] = 3.0
+    sd[noisy] = 3.0
     rejected, _ = _decide(_blocks(rng, r, 24, n, sd))
     assert rejected.any(axis=1).mean() <= _ceiling(r)
 
@@ -142,7 +143,7 @@ def test_power_at_the_reported_mdd_is_80_percent(kind) -> None:
     r, n, alpha = 6000, 3, ALPHA / 23
     if kind == "pooled t":
         mdd = stats.min_detectable_difference(kind, n, 1.0, alpha, cells=24)
-        fit = fit_blocks(_blocks(rng, r, 24, n, shift=mdd), screen=0.0)
+        fit = fit_blocks(_blocks(rng, r, 24, n, shift=mdd), screen=0.0, screen_reference=0.0)
         p = pooled_tests(fit, None)[0][:, 1]
     elif kind == "paired t":
         mdd = stats.min_detectable_difference(kind, n, 1.0, alpha)
@@ -271,3 +272,18 @@ def test_two_constant_groups_get_the_exact_permutation_test() -> None:
     c = stats.compare({"#1": 0.9, "#2": 0.9, "#3": 0.9}, {"#4": 0.8, "#5": 0.8, "#6": 0.8},
                       margin=0.005)
     assert (c.test, c.p_value, c.p_equivalence) == ("exact permutation", 0.1, None)
+
+
+def test_a_noisy_reference_adds_its_own_variance_with_satterthwaite_df() -> None:
+    rng = np.random.default_rng(60)
+    sd = np.ones(8)
+    sd[0] = 6.0
+    y = _blocks(rng, 1, 8, 4, sd)[0]
+    values = {f"c{i}": dict(enumerate(row / 100)) for i, row in enumerate(y)}
+    found = stats.decide_family(values, "c0", [f"c{i}" for i in range(1, 8)], alpha=ALPHA,
+                                margin=None, maximize=True, power=True)
+    cmp = found["c1"].comparison
+    assert cmp.test == "pooled t" and "reference noisier" in cmp.note
+    assert cmp.df < cmp.sd_df == 21 and cmp.se > cmp.sd * math.sqrt(2 / 4)
+    assert found["c1"].mdd > stats.min_detectable_difference("pooled t", 4, cmp.sd, ALPHA / 7,
+                                                             cells=8)

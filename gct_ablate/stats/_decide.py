@@ -16,6 +16,7 @@ one that excludes 0 implies Holm's adjusted p < alpha, so it never sits beside
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -206,9 +207,10 @@ def with_power(decisions: Mapping[str, Decision], values: Values, *, alpha_power
         if not cmp.tested:
             out[c] = d
             continue
-        if cmp.test == POOLED:
-            sd, df = cmp.sd, float(cmp.sd_df)
-            cells = round(df / max(1, cmp.n - 1)) + 1
+        if cmp.test == POOLED:  # sd: one run's, as se = sd sqrt(2/n) (the reference's own)
+            sd = cmp.se * math.sqrt(cmp.n / 2) if cmp.se is not None else cmp.sd
+            df = float(cmp.df if cmp.df is not None else cmp.sd_df)
+            cells = round(cmp.sd_df / max(1, cmp.n - 1)) + 1
         elif cmp.test == PAIRED:
             sd, df, cells = paired_sd, float(paired_df), 2
         elif cmp.test == WELCH:

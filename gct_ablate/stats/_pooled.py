@@ -11,8 +11,15 @@ share of the residuals is screened against the rest's with an F test at ``SCREEN
 a cell that fails gets its own paired t. The pooled error stays that of every cell: refitted
 on the cells that pass, it would be biased low (they pass because their residuals are
 small), while the full fit's error is independent of every cell's difference under equal
-variances and only larger with a noisy cell. When the reference fails the screen, or fewer
-than 3 cells share its seeds, nothing is pooled.
+variances and only larger with a noisy cell.
+
+The reference enters every comparison, so an unnoticed noisy reference shifts them all at
+once: it is screened at the looser ``REFERENCE_SCREEN_LEVEL`` (the loosest level at which a
+reference at 3x the others' sd keeps the family rate with 3 seeds), and when it fails, its own
+variance replaces its share of the pooled one: se^2 = (s_ref^2 + s^2) / n, with s_ref^2 the
+unbiased estimate of the reference's variance from its residuals (Shukla's stability
+variance, at least s^2) on n - 1 df and Satterthwaite's df. Fewer than 3 cells sharing the
+reference's seeds pool nothing.
 
 ``fit_blocks`` works on many studies at once (an array replicates x cells x seeds), which
 is what the simulations run; :func:`block_comparisons` is the same fit for one stored study.
@@ -30,6 +37,8 @@ from gct_ablate.stats._compare import POOLED, Comparison, SeedKey
 from gct_ablate.stats._records import CONFIDENCE
 
 SCREEN_LEVEL = 0.1  # a cell whose residual variance is this unlikely under equality is own-tested
+REFERENCE_SCREEN_LEVEL = 0.35  # the reference: its own variance enters every comparison
+NOISY_REFERENCE = "reference noisier than the other cells"  # the pooled cells' note
 MIN_POOLED_CELLS = 3  # the reference and >= 2 cells: fewer pool nothing a paired t lacks
 
 
@@ -38,8 +47,10 @@ class BlockFit:
     """The additive model on the block, per replicate (arrays; cell 0 is the reference).
 
     ``kept``: cells in the pooled model (after the variance screen); ``pooled``: whether a
-    pooled test applies at all; ``sd``/``df``: the residual sd and df of the refitted model;
-    ``delta``: cell - reference; ``screen_p``: each cell's F-test p of equal variance.
+    pooled test applies at all; ``sd``/``resid_df``: the residual sd and df of the model;
+    ``delta``: cell - reference; ``se``/``df``: delta's standard error and the test's df
+    (the residual df, or Satterthwaite's where ``noisy_reference``); ``screen_p``: each
+    cell's F-test p of equal variance.
     """
 
     kept: np.ndarray  # (R, k) bool
@@ -49,6 +60,8 @@ class BlockFit:
     delta: np.ndarray  # (R, k)
     se: np.ndarray  # (R,)
     screen_p: np.ndarray  # (R, k)
+    noisy_reference: np.ndarray  # (R,) bool
+    resid_df: np.ndarray  # (R,)
 
 
 def _residual_ss(y: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -62,9 +75,10 @@ def _residual_ss(y: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return (r**2).sum(axis=2) * keep
 
 
-def fit_blocks(y: np.ndarray, screen: float = SCREEN_LEVEL) -> BlockFit:
+def fit_blocks(y: np.ndarray, screen: float = SCREEN_LEVEL,
+               screen_reference: float = REFERENCE_SCREEN_LEVEL) -> BlockFit:
     """Fit cell + seed on y (replicates x cells x seeds, the reference first) and screen
-    the cells' variances."""
+    the cells' variances (the reference at ``screen_reference``)."""
     _, k, n = y.shape
     every = np.ones(y.shape[:2], dtype=bool)
     ss_cell = _residual_ss(y, every)
@@ -75,15 +89,24 @@ def fit_blocks(y: np.ndarray, screen: float = SCREEN_LEVEL) -> BlockFit:
         ratio = (ss_cell / df_cell) / (ss_rest / df_rest)
     screen_p = np.where(np.isfinite(ratio), stats.f.sf(ratio, df_cell, df_rest), 1.0)
     kept = screen_p >= screen
+    noisy_reference = screen_p[:, 0] < screen_reference
+    kept[:, 0] = True
     n_kept = kept.sum(axis=1)
-    pooled = kept[:, 0] & (n_kept >= MIN_POOLED_CELLS) & (n >= 2)
+    pooled = (n_kept >= MIN_POOLED_CELLS) & (n >= 2)
     ss = ss_cell.sum(axis=1)
-    df = np.full(len(y), (n - 1) * (k - 1))
+    resid_df = np.full(len(y), float((n - 1) * (k - 1)))
     with np.errstate(divide="ignore", invalid="ignore"):
-        sd = np.sqrt(np.where(df > 0, ss / np.maximum(df, 1), np.nan))
+        var = np.where(resid_df > 0, ss / np.maximum(resid_df, 1), np.nan)
+        # E ss_i = (n-1) (sigma_i^2 (1 - 2/k) + sum_j sigma_j^2 / k^2): the reference's own
+        own = (ss_cell[:, 0] / max(n - 1, 1) - ss / max((n - 1) * k * (k - 1), 1)) * k / max(
+            k - 2, 1)
+        ref_var = np.where(noisy_reference, np.maximum(own, var), var)
+        se = np.sqrt((ref_var + var) / n)
+        satterthwaite = (ref_var + var) ** 2 / (ref_var**2 / max(n - 1, 1) + var**2 / resid_df)
+        df = np.where(noisy_reference, np.minimum(satterthwaite, resid_df), resid_df)
     means = y.mean(axis=2)
-    return BlockFit(kept, pooled, sd, df.astype(float), means - means[:, :1],
-                    sd * np.sqrt(2 / n), screen_p)
+    return BlockFit(kept, pooled, np.sqrt(var), df, means - means[:, :1], se, screen_p,
+                    noisy_reference, resid_df)
 
 
 def pooled_tests(fit: BlockFit, margin: float | None, confidence: float = CONFIDENCE
@@ -113,13 +136,15 @@ def block_seeds(values: Mapping[str, Mapping[SeedKey, float]], reference: str,
 @dataclass(frozen=True)
 class Block:
     """The pooled model of one study: its seeds, cells, residual sd and df, screened out
-    cells (own paired t) and the screen's level."""
+    cells (own paired t), whether the reference's own variance was used, and the screen's
+    level."""
 
     seeds: list[int]
     cells: list[str]  # in the pooled model, without the reference
     screened_out: list[str]
     sd: float | None
     df: float
+    noisy_reference: bool = False
     screen: float = SCREEN_LEVEL
 
 
@@ -141,6 +166,10 @@ def block_comparisons(values: Mapping[str, Mapping[SeedKey, float]], reference: 
     n = len(seeds)
     d = y[0, 1:] - y[0, :1]
     out = {}
+    noisy = bool(fit.noisy_reference[0])
+    note = (f"{NOISY_REFERENCE} (F test p = {fit.screen_p[0, 0]:.2g} < "
+            f"{REFERENCE_SCREEN_LEVEL:g}): its own variance in the se, Satterthwaite df"
+            if noisy else None)
     kept = [c for i, c in enumerate(order) if i and fit.kept[0, i]]
     for i, c in enumerate(order[1:], start=1):
         if not fit.kept[0, i]:
@@ -148,7 +177,9 @@ def block_comparisons(values: Mapping[str, Mapping[SeedKey, float]], reference: 
         out[c] = Comparison(POOLED, n, n, float(fit.delta[0, i]), float(lo[0, i]),
                             float(hi[0, i]), float(p[0, i]),
                             None if p_eq is None else float(p_eq[0, i]), float(fit.sd[0]),
-                            int(fit.df[0]), len(values[c]) - n, se=float(fit.se[0]),
-                            df=float(fit.df[0]), cell_sd=float(d[i - 1].std(ddof=1)))
+                            int(fit.resid_df[0]), len(values[c]) - n, se=float(fit.se[0]),
+                            df=float(fit.df[0]), cell_sd=float(d[i - 1].std(ddof=1)),
+                            note=note)
     out_cells = [c for i, c in enumerate(order) if i and not fit.kept[0, i]]
-    return out, Block(seeds, kept, out_cells, float(fit.sd[0]), float(fit.df[0]), screen)
+    return out, Block(seeds, kept, out_cells, float(fit.sd[0]), float(fit.resid_df[0]), noisy,
+                      screen)

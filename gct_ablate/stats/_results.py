@@ -43,7 +43,8 @@ class CellStats:
     delta: float | None = None  # cell - reference (mean per-seed difference when paired)
     ci: list[float] | None = None  # confidence interval of delta (unadjusted)
     ci_simultaneous: list[float] | None = None  # at the family's level (alpha / m)
-    test_df: float | None = None  # the test's df (pooled: the block model's residual df)
+    test_df: float | None = None  # the test's df (pooled: the block model's residual df, or
+    # Satterthwaite's where the reference's own variance is added)
     sd: float | None = None  # the sd the test rests on (pooled: the residual sd)
     cell_sd: float | None = None  # sd of this cell's own per-seed differences
     test_note: str | None = None  # why this test (exact test, variance screen)
@@ -166,9 +167,12 @@ METHODS = {
     "reference and >= 3 cells do: the additive model metric ~ cell + seed (a randomized "
     "complete block; the seed fixes the initial weights and batch order in every cell), "
     "delta = difference of cell means, se = residual sd * sqrt(2/n), (cells-1)(n-1) df. "
-    "A cell whose residual variance fails an F test against the rest's (p < 0.1), and "
-    "every cell when the reference fails it, gets its own test instead: 'paired t' on the "
-    "per-seed differences (>= 2 shared seeds), else Welch's t (Satterthwaite df). "
+    "A cell whose residual variance fails an F test against the rest's (p < 0.1) gets its "
+    "own test instead: 'paired t' on the per-seed differences (>= 2 shared seeds), else "
+    "Welch's t (Satterthwaite df). The reference, in every comparison, is screened at "
+    "p < 0.35; when it fails, se^2 = (s_ref^2 + s^2)/n with s_ref^2 its own variance "
+    "(Shukla's unbiased estimate from its residuals, at least s^2, n-1 df) and "
+    "Satterthwaite df. "
     "Differences that do not vary get exact tests ('exact sign' on the per-seed "
     "differences, 'exact permutation' for two constant groups), never p = 0",
     "correction": "Holm step-down over the non-reference cells that could be tested, "
@@ -185,7 +189,8 @@ METHODS = {
     "when a group has < 2 runs",
     "power": "minimum detectable difference and seeds needed at 80 % power, two-sided, at "
     "alpha / (tests in the family), Holm's first step, with the power of the cell's test: "
-    "noncentral t (scipy) with the pooled model's df and residual sd, or n-1 df and the "
+    "noncentral t (scipy) with the pooled model's df and residual sd (with the "
+    "reference's own variance added: its se and Satterthwaite df), or n-1 df and the "
     "pooled sd of the per-seed differences (paired); Welch's power by Monte Carlo with the "
     "Satterthwaite df of each draw; mdd_upper uses the sd's one-sided 95 % upper bound",
     "anova": "statsmodels ols of the metric on C(factor) for each varied factor, with their "

@@ -20,6 +20,7 @@ from gct_ablate.stats._decide import Decision, decide_family, pooled_sds
 from gct_ablate.stats._describe import describe, mean_of_means_ci
 from gct_ablate.stats._headline import conclusion, headline
 from gct_ablate.stats._importance import importance as _importance
+from gct_ablate.stats._pooled import NOISY_REFERENCE
 from gct_ablate.stats._records import (
     ALPHA,
     BETTER,
@@ -136,7 +137,8 @@ def _block(decisions: dict[str, Decision]) -> dict[str, Any] | None:
                 if d.comparison.note and "residual variance" in d.comparison.note]
     return {"test": POOLED, "seeds": first.n, "cells": len(pooled) + len(screened) + 1,
             "pooled_cells": len(pooled), "sd": first.sd, "df": first.df,
-            "screened_out": screened}
+            "screened_out": screened,
+            "reference_own_variance": bool(first.note and NOISY_REFERENCE in first.note)}
 
 
 def study_values(results: StudyResults) -> dict[str, dict[SeedKey, float]]:
@@ -328,6 +330,9 @@ def _notes(s: Summary, anova: FactorialAnova, dupes: int, bad: int, extra: list[
     if screened:
         notes.append("residual variance unlike the other cells' (F test p < 0.1): own test "
                      "instead of the pooled one: " + ", ".join(repr(c) for c in screened))
+    noisy = [c for c in others if c.test_note and NOISY_REFERENCE in c.test_note]
+    if noisy:
+        notes.append(f"{noisy[0].test_note}, in the {len(noisy)} pooled cells' tests")
     few = [c.cell for c in others if c.tested_below_three]
     if few:
         notes.append("fewer than 3 shared seeds: tested, never decided: "
