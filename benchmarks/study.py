@@ -266,6 +266,9 @@ def _stored_trials(name: str, folder: Path) -> dict[str, float]:
     """From the stores: trials, summed Optuna durations, time outside train_eval, mean top-1."""
     import optuna
 
+    from gct_ablate.store.open import open_study, study_names
+    from gct_ablate.store.records import stored_trials
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if name == "handwritten":
         storage: Any = f"sqlite:///{folder / 'optuna.db'}"
@@ -273,11 +276,11 @@ def _stored_trials(name: str, folder: Path) -> dict[str, float]:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         storage = JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
-    (summary,) = optuna.get_all_study_summaries(storage)
-    study = optuna.load_study(study_name=summary.study_name, storage=storage)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
-    inside = sum(t.user_attrs.get("metrics", {}).get("seconds", 0.0) for t in done)
+    (study_name,) = study_names(storage)
+    done = [t for t in stored_trials(open_study(storage, study_name)) if t.state == "COMPLETE"]
+    durations = [(t.completed - t.started).total_seconds() for t in done
+                 if t.completed and t.started]
+    inside = sum(t.metrics.get("seconds", 0.0) for t in done)
     return {"trials": len(done), "duration": sum(durations), "train_eval": inside,
             "shortest": min(durations, default=0.0), "longest": max(durations, default=0.0),
             "top1": sum(t.value for t in done) / max(1, len(done))}

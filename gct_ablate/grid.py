@@ -15,7 +15,7 @@ from gct_ablate.recovery import close_orphan_runs, reap_dead_trials
 from gct_ablate.relocate import same_store, stored_form, study_uri
 from gct_ablate.spec import StudySpec, TrialConfig, cell_id
 from gct_ablate.store import _optuna, keys
-from gct_ablate.store.open import verify
+from gct_ablate.store.open import find_study, verify
 from gct_ablate.store.recipe import with_recipe
 from gct_ablate.store.records import DONE, LIVE, stored_study, trials_by_key
 from gct_ablate.store.write import (
@@ -58,9 +58,8 @@ def prepare_study(
     missing. Safe when many processes start it at once: one creates, the others resume."""
     name = spec.study_name
     with storage_lock(storage, f"study:{name}"):
-        try:  # load first: create_study on a journal appends a record even when it exists
-            study = optuna.load_study(study_name=name, storage=storage)
-        except KeyError:
+        study = find_study(storage, name)  # first: create_study on a journal appends a record
+        if study is None:
             direction = "maximize" if spec.maximize else "minimize"
             study = optuna.create_study(study_name=name, storage=storage, direction=direction)
         _check_same_study(study, spec, tracker)
@@ -159,13 +158,3 @@ def missing(study: optuna.Study | None, wanted: list[tuple[str, int]], *,
             queue.append((cell, seed))
     return queue, done, failed_left
 
-
-def find_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
-    """The stored study of ``spec``'s name, None if there is none; read before anything is
-    created (the cost check), so a different grid is refused here in one line too."""
-    try:
-        study = optuna.load_study(study_name=spec.study_name, storage=storage)
-    except KeyError:
-        return None
-    verify(study, spec)
-    return study

@@ -24,7 +24,8 @@ from rich.text import Text
 from gct_ablate._util import stop_signals, tune_malloc
 from gct_ablate.devices import gpu_index
 from gct_ablate.errors import UsageError, disk_full
-from gct_ablate.storage import load_study, open_storage
+from gct_ablate.storage import open_storage
+from gct_ablate.store.open import open_study
 from gct_ablate.store.records import StoredTrial, stored_trials
 from gct_ablate.worker import Interrupted, WorkerOptions, interrupted_by, run_worker
 
@@ -121,7 +122,7 @@ class LiveDisplay:
         storage = open_storage(opts.storage, Path(opts.out_dir),
                                heartbeat_interval=opts.heartbeat_interval,
                                grace_period=opts.grace_period)
-        self.study = load_study(storage, opts.study_name)
+        self.study = open_study(storage, opts.study_name)
         self.live = Live(console=console, refresh_per_second=4, transient=False)
         self.thread = threading.Thread(target=self._loop, daemon=True)
 

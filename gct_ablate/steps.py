@@ -22,9 +22,10 @@ from typing import Any
 
 from gct_ablate._util import DEFAULT_OUT
 from gct_ablate.cost import CostEstimate, CostLimits, TooCostly, estimate_cost
-from gct_ablate.grid import check_tracking_uri, find_study, missing, prepare_study
+from gct_ablate.grid import check_tracking_uri, missing, prepare_study
 from gct_ablate.spec import StudySpec, cell_id
 from gct_ablate.storage import HEARTBEAT_INTERVAL, journal_file, open_storage, storage_label
+from gct_ablate.store.open import find_study
 from gct_ablate.store.recipe import with_recipe
 from gct_ablate.store.records import stored_study
 from gct_ablate.study import (
@@ -106,7 +107,8 @@ def plan(
     fresh = journal is not None and not journal.exists()  # no journal made by a plan
     opened = None if fresh else open_storage(storage, out, heartbeat_interval=heartbeat,
                                              grace_period=3 * heartbeat)
-    existing = None if opened is None else find_study(spec, opened)  # other grid: refused
+    existing = None if opened is None else find_study(opened, spec.study_name, spec)
+    # another grid: refused above
     if existing is not None:  # before touching any store: tracked elsewhere is refused
         check_tracking_uri(existing, uri)
         spec = with_recipe(keep_schedule(existing, spec), stored_study(existing).attrs)

@@ -10,10 +10,11 @@ from typing import Any
 import optuna
 
 from gct_ablate._util import mask_url
-from gct_ablate.errors import StudyNotFound, UsageError
+from gct_ablate.errors import UsageError
 from gct_ablate.locks import database_lock, driver_url
 from gct_ablate.masking import check_url
 from gct_ablate.recovery import requeue_stale
+from gct_ablate.store.open import study_names
 
 JOURNAL_NAME = "optuna.journal"
 HEARTBEAT_INTERVAL = 10  # seconds, RDB storages only
@@ -145,10 +146,6 @@ def _connect_timeout(url: str) -> dict[str, Any]:
     return {}
 
 
-def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
-    return [s.study_name for s in optuna.get_all_study_summaries(storage)]
-
-
 def open_named_study(out: str | Path, storage: str | None, name: str | None
                      ) -> tuple[optuna.storages.BaseStorage, str]:
     """The opened storage of ``out`` (or ``storage``) and the study to read: ``name``, or
@@ -163,12 +160,3 @@ def open_named_study(out: str | Path, storage: str | None, name: str | None
             raise UsageError(f"name a study; this storage has: {', '.join(names) or 'none'}")
         name = names[0]
     return opened, name
-
-
-def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = ", ".join(study_names(storage)) or "none"
-        raise StudyNotFound(f"no study named {name!r} in this storage; existing: {names}"
-                            ) from None

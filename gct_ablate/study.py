@@ -21,8 +21,8 @@ from gct_ablate.grid import check_tracking_uri, spec_from_attrs
 from gct_ablate.locks import driver_url, study_lock
 from gct_ablate.relocate import study_uri
 from gct_ablate.spec import StudySpec, TrialConfig
-from gct_ablate.storage import HEARTBEAT_INTERVAL, load_study, open_storage
-from gct_ablate.store.open import verify
+from gct_ablate.storage import HEARTBEAT_INTERVAL, open_storage
+from gct_ablate.store.open import open_study, verify
 from gct_ablate.store.records import StoredTrial, stored_study, stored_trials
 from gct_ablate.summary import Summary, load_results, summarize
 from gct_ablate.tracking import Tracker, check_tracking
@@ -97,7 +97,7 @@ def finish_study(storage: Any, name: str, tracker: Tracker, out: Path,
     from gct_ablate.analysis._figures import slug
     from gct_ablate.runner import progress
 
-    study = load_study(storage, name)
+    study = open_study(storage, name)
     with study_lock(study):  # processes finishing together: the last one logs it all
         results = load_results(storage, name)
         summary = summarize(results, margin=margin)
@@ -170,7 +170,7 @@ def wait_for_study(storage: Any, name: str, wait: float, console: Any = None) ->
     said = False
     while True:
         try:
-            found = load_study(storage, name)
+            found = open_study(storage, name)
         except StudyNotFound as err:
             found, missing = None, err
         if found is not None and verify(found).queued:
@@ -205,7 +205,7 @@ def study_progress(name: str, *, out: str | Path = DEFAULT_OUT, storage: str | N
     workers that ran trials (:func:`workers_of`)."""
     from gct_ablate.runner import progress
 
-    found = load_study(open_storage(storage, Path(out), create=False), name)
+    found = open_study(open_storage(storage, Path(out), create=False), name)
     info = progress(found)
     trials = stored_trials(found)
     info["failed"] = [t for t in trials if t.state == "FAIL"]

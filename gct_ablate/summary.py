@@ -24,7 +24,7 @@ from gct_ablate.stats import (
     summarize,
 )
 from gct_ablate.store import keys
-from gct_ablate.store.open import verify
+from gct_ablate.store.open import open_study, verify
 from gct_ablate.store.records import stored_trials
 
 __all__ = [
@@ -62,7 +62,7 @@ def load_results(storage: Any, study_name: str) -> StudyResults:
     if study_name not in names:
         existing = ", ".join(sorted(names)) or "none"
         raise StudyNotFound(f"no study {study_name!r} in {shown}; existing studies: {existing}")
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = open_study(storage, study_name)
     stored = verify(study, empty_ok=False)
     spec = stored.spec or {}
     vary = list(spec.get("vary", []))

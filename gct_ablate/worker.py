@@ -27,8 +27,9 @@ from gct_ablate.recovery import fail_and_requeue, owner, reap_dead_trials, reque
 from gct_ablate.relocate import study_uri
 from gct_ablate.resume import TrainingState, state_dir, state_path
 from gct_ablate.spec import Cell, StudySpec, TrialConfig, cell_id, parse_cell_id
-from gct_ablate.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, load_study, open_storage
+from gct_ablate.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, open_storage
 from gct_ablate.store import _optuna, keys
+from gct_ablate.store.open import open_study
 from gct_ablate.store.records import stored_study, stored_trial, stored_trials
 from gct_ablate.store.write import label
 from gct_ablate.tracking import Tracker
@@ -117,7 +118,7 @@ def _run_worker(opts: WorkerOptions, on_event: Callable[[str, dict], None] | Non
     storage = open_storage(opts.storage, Path(opts.out_dir),
                            heartbeat_interval=opts.heartbeat_interval,
                            grace_period=opts.grace_period)
-    study = load_study(storage, opts.study_name)
+    study = open_study(storage, opts.study_name)
     study.pruner = make_pruner(opts.pruner)
     stored = stored_study(study)
     spec = spec_from_attrs(stored.attrs, opts.base)

@@ -11,8 +11,9 @@ from conftest import cli_env
 from gct_ablate.errors import UsageError
 from gct_ablate.grid import prepare_study, spec_from_attrs
 from gct_ablate.spec import StudySpec, TrialConfig
-from gct_ablate.storage import load_study, open_storage
+from gct_ablate.storage import open_storage
 from gct_ablate.store.keys import RECIPE
+from gct_ablate.store.open import open_study
 from gct_ablate.store.recipe import recipe_of, with_recipe
 from gct_ablate.tracking import Tracker, default_tracking_uri
 
@@ -44,7 +45,7 @@ def test_resume_after_a_default_changed_trains_the_stored_recipe(tmp_path):
     resumed = run_with_default_epochs(2, [*args, "--seeds", "2"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "default epochs 2" in resumed.stderr  # the default did change for the resume
-    study = load_study(open_storage(None, tmp_path), "kept")
+    study = open_study(open_storage(None, tmp_path), "kept")
     trials = study.get_trials(deepcopy=False)
     assert sorted(t.user_attrs["seed"] for t in trials) == [0, 0, 1, 1]
     assert {t.state.name for t in trials} == {"COMPLETE"}
@@ -62,7 +63,7 @@ def test_recipe_is_stored_at_creation_with_every_default_resolved(tmp_path):
     spec = tiny_spec()
     storage = open_storage(None, tmp_path)
     prepare_study(spec, storage, Tracker(default_tracking_uri(tmp_path)))
-    attrs = load_study(storage, "tiny").user_attrs
+    attrs = open_study(storage, "tiny").user_attrs
     recipe = attrs[RECIPE]
     assert list(recipe) == ["p=1", "p=2"]
     assert recipe["p=1"] == TrialConfig(p="1", lr=0.05).factor_levels()
@@ -104,4 +105,4 @@ def test_a_worker_that_cannot_train_the_stored_recipe_refuses_in_one_line(tmp_pa
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "'dropout' in its stored recipe" in lines[0]
-    assert all(t.state.name == "WAITING" for t in load_study(storage, "tiny").trials)
+    assert all(t.state.name == "WAITING" for t in open_study(storage, "tiny").trials)

@@ -21,8 +21,9 @@ from gct_ablate.grid import prepare_study
 from gct_ablate.recovery import reap_dead_trials
 from gct_ablate.runner import run_workers
 from gct_ablate.spec import StudySpec, TrialConfig
-from gct_ablate.storage import load_study, open_storage
+from gct_ablate.storage import open_storage
 from gct_ablate.store._optuna import pop_waiting
+from gct_ablate.store.open import open_study
 from gct_ablate.tracking import Tracker, default_tracking_uri
 from gct_ablate.worker import Interrupted, WorkerOptions, interrupted_by, run_worker
 
@@ -57,7 +58,7 @@ def test_grid_is_enqueued_once_and_a_different_grid_is_refused(tmp_path):
     assert more_seeds.enqueued == 2
     with pytest.raises(UsageError, match="exists with a different grid"):
         prepare_study(tiny_spec(levels={"p": ("1", "3")}), storage, tracker)
-    assert len(load_study(storage, "tiny").trials) == 6  # the refusal changed nothing
+    assert len(open_study(storage, "tiny").trials) == 6  # the refusal changed nothing
     attrs = again.study.user_attrs
     assert attrs["reference_cell"] == "p=2"
     assert MlflowClient(default_tracking_uri(tmp_path)).get_run(attrs["mlflow_parent_run_id"])
@@ -84,7 +85,7 @@ def test_two_worker_processes_run_every_cell_exactly_once(tmp_path, monkeypatch)
 
     monkeypatch.setattr("gct_ablate.runner.run_worker", after_the_spawned_worker_took_a_trial)
     run_workers(opts, 2, 1, Console(quiet=True))
-    study = load_study(open_storage(None, tmp_path), "tiny")
+    study = open_study(open_storage(None, tmp_path), "tiny")
     done = completed(study)
     assert sorted(done) == sorted(("p=" + p, s) for p in ("1", "2", "inf") for s in (0, 1))
     assert set(done.values()) == {1}
@@ -163,7 +164,7 @@ def test_failed_cells_wait_for_retry_failed(tmp_path):
     storage, tracker, _ = setup(tmp_path, spec)
     opts = WorkerOptions(study_name="tiny", storage=None, out_dir=str(tmp_path), base=BASE)
     run_worker(opts)
-    study = load_study(storage, "tiny")
+    study = open_study(storage, "tiny")
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 2
     assert all(t.user_attrs["status_reason"].startswith("diverged") for t in failed)
