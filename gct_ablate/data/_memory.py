@@ -69,12 +69,13 @@ class Dataset:
 
     def normalized(self, split: str) -> Tensor:
         """Every image of ``split`` as the network sees it (float32, normalized)."""
-        return self._normalize(self._split(split)[0])
+        x = self._split(split)[0]
+        return _normalize(x, *self._moments(x.device))
 
-    def _normalize(self, x: Tensor) -> Tensor:
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        return (x.float() - mean).div_(std)
+    def _moments(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Per-channel mean and std as (1, C, 1, 1) float32 tensors on ``device``."""
+        return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+                     for v in (self.mean, self.std))  # type: ignore[return-value]
 
     def labels(self, split: str) -> list[int]:
         return self._split(split)[1].tolist()
@@ -115,13 +116,14 @@ class Dataset:
         order = (torch.randperm(n, generator=generator, device=gen_device).to(y.device)
                  if shuffle else None)
         stop = n - n % batch_size if drop_last else n
+        mean, std = self._moments(x.device)  # once an epoch, not per batch
         for start in range(0, stop, batch_size):
             if order is None:
                 xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             else:
                 idx = order[start:start + batch_size]
                 xb, yb = x[idx], y[idx]
-            xb = self._normalize(xb)
+            xb = _normalize(xb, mean, std)
             if augment and self.augment != "none":
                 xb = augment_batch(xb, self.pad, flip=self.augment == "crop-flip",
                                    pad_mode=self.pad_mode, generator=generator)
@@ -146,3 +148,8 @@ def augment_batch(x: Tensor, pad: int, *, flip: bool, pad_mode: str = "reflect",
         mask = torch.rand(b, generator=generator, device=gen_device).to(x.device) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
+
+
+def _normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``x`` (uint8 or float) as float32, less ``mean``, over ``std`` (per channel)."""
+    return (x.float() - mean).div_(std)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from scipy import optimize, stats
@@ -66,13 +67,7 @@ def _ncp(df: float, alpha: float, power: float) -> float | None:
     """The noncentrality that the two-sided t-test at ``alpha`` detects with ``power``."""
     if not (df > 0 and 0 < alpha < 1 and 0 < power < 1):
         return None
-    f = lambda x: t_power(x, df, alpha) - power  # noqa: E731
-    high = 1.0
-    while f(high) < 0:
-        high *= 2
-        if high > 1e6:
-            return None
-    return float(optimize.brentq(f, 0.0, high, xtol=1e-10))
+    return _root(lambda x: t_power(x, df, alpha) - power, xtol=1e-10)
 
 
 @functools.lru_cache(maxsize=256)
@@ -101,13 +96,17 @@ def welch_power(effect: float, n: int, n_ref: int, alpha: float, var_ratio: floa
 def _welch_effect(n: int, n_ref: int, alpha: float, power: float, var_ratio: float
                   ) -> float | None:
     z, c = _welch_draws(n, n_ref, var_ratio, alpha)
-    f = lambda x: float(np.mean(np.abs(x + z) > c)) - power  # noqa: E731
+    return _root(lambda x: float(np.mean(np.abs(x + z) > c)) - power, xtol=1e-6)
+
+
+def _root(f: Callable[[float], float], xtol: float) -> float | None:
+    """The effect in (0, 1e6] where the increasing ``f`` crosses 0 (None: beyond it)."""
     high = 1.0
     while f(high) < 0:
         high *= 2
         if high > 1e6:
             return None
-    return float(optimize.brentq(f, 0.0, high, xtol=1e-6))
+    return float(optimize.brentq(f, 0.0, high, xtol=xtol))
 
 
 def _se(kind: str, n: int, sd: float, n_ref: int | None) -> float:
