@@ -33,7 +33,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torchvision
 from torch import Tensor, nn
 
 from gct_ablate.factors import MODELS, parse_placement
@@ -107,6 +106,8 @@ class CifarResNet(nn.Module):
 
 def _torchvision_resnet(name: str, num_classes: int, in_channels: int, small_input: bool
                         ) -> nn.Module:
+    import torchvision  # here, not at the top: it imports torch._dynamo (~150 MiB, ~1 s)
+
     model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
     if small_input:  # 3x3 stride-1 stem, no max-pool (CIFAR-style)
         model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)

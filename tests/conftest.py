@@ -61,6 +61,13 @@ def _pg_missing() -> str | None:
     return None
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (the default, pyproject.toml): one test process per core, at most 4. Most
+    tests are one process on one thread; the ones that start several (workers, servers)
+    would crowd a bigger machine's PostgreSQL and ports no faster."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests taking a PostgreSQL database get the ``postgres`` marker, and skip (with the
     reason) when it does not answer, except under CI, where the fixture fails them."""
@@ -134,6 +141,12 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def mlflow_server_env() -> dict[str, str]:
+    """:func:`cli_env` for an ``mlflow server``, without its job runners (four Huey consumer
+    processes polling all the time, for features these tests do not use)."""
+    return {**cli_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def start_cli(args: list[str], cwd: Path, log: Path, hostname: str | None = None):
     """Start `python -m gct_ablate ARGS` in the background, output to ``log``.
 
@@ -190,7 +203,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [mlflow_script(), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
-        cwd=root, env=cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=root, env=mlflow_server_env(), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
     def healthy() -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY, cli_env, free_port, mlflow_script, wait_for
+from conftest import TINY, cli_env, free_port, mlflow_script, mlflow_server_env, wait_for
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -95,7 +95,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                       f"admin_username = admin\nadmin_password = {MLFLOW_PASSWORD}\n")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**cli_env(), "MLFLOW_AUTH_CONFIG_PATH": str(config),
+    env = {**mlflow_server_env(), "MLFLOW_AUTH_CONFIG_PATH": str(config),
            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-csrf-key"}
     log = open(root / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
