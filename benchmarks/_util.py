@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gct_ablate._util import THP_ENV, tune_malloc  # noqa: F401  (re-exported)
+from benchmarks import THP_ENV
+from gct_ablate._util import tune_malloc  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,21 @@ on Fashion-MNIST (4,000 / 2,000, one epoch) next to the import baseline.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import THP_ENV
 
 MIB = 1 << 20
 WORKER_IMPORTS = "import torch, mlflow, optuna, statsmodels, matplotlib"
@@ -148,29 +153,124 @@ def shared() -> None:
           f"mapped in each: {copies:.2f} copies")
 
 
-def _time_v(cmd: list[str]) -> float:
-    """Peak RSS (MiB) of ``cmd`` by /usr/bin/time -v."""
+def _time_v(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Peak RSS (MiB) and CPU seconds (user + system) of ``cmd``, by /usr/bin/time -v."""
     run = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
-                         check=True)
-    kib = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
-    assert kib is not None, run.stderr
-    return int(kib.group(1)) / 1024
+                         check=True, env=env)
+    fields = dict(re.findall(r"^\s*(.+?): ([\d.]+)$", run.stderr, re.M))
+    cpu = float(fields["User time (seconds)"]) + float(fields["System time (seconds)"])
+    return int(fields["Maximum resident set size (kbytes)"]) / 1024, cpu
 
 
-def train_command() -> None:
+def train_command(rounds: int) -> None:
+    """Whole commands, next to the import baseline; ``train`` on Fashion-MNIST with torch's
+    huge-page buffers on and off (``THP_MEM_ALLOC_ENABLE``), interleaved over ``rounds``."""
     cli = [sys.executable, "-m", "gct_ablate", "train", "--threads", "1", "--epochs", "1"]
+    fashion = [*cli, "--dataset", "fashion-mnist", "--train-size", "4000", "--val-size", "2000"]
+    env = {k: v for k, v in os.environ.items() if k != THP_ENV}
     rows = {
         "import baseline (" + WORKER_IMPORTS.removeprefix("import ") + ")":
-            [sys.executable, "-c", WORKER_IMPORTS],
-        "train (digits)": cli,
-        "train fashion-mnist 4000/2000": [*cli, "--dataset", "fashion-mnist", "--train-size",
-                                          "4000", "--val-size", "2000"],
+            ([sys.executable, "-c", WORKER_IMPORTS], env),
+        "import torch, torch.optim's torch._dynamo": (
+            [sys.executable, "-c", "import torch, torch._dynamo"], env),
+        "train (digits)": (cli, env),
+        "train fashion-mnist 4000/2000 (default)": (fashion, env),
+        f"train fashion-mnist 4000/2000, {THP_ENV}=1": (fashion, {**env, THP_ENV: "1"}),
+        "train fashion-mnist 4000/2000, --batch-size 32": ([*fashion, "--batch-size", "32"],
+                                                           env),
     }
-    print("\nPeak RSS of whole commands (/usr/bin/time -v):")
-    peaks = {name: _time_v(cmd) for name, cmd in rows.items()}
-    base = next(iter(peaks.values()))
-    for name, mib in peaks.items():
-        print(f"  {name:58s} {mib:7.0f} MiB  (+{mib - base:.0f})")
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, (cmd, cmd_env) in rows.items():
+            results[name].append(_time_v(cmd, cmd_env))
+    print(f"\nWhole commands (/usr/bin/time -v; medians of {rounds} interleaved rounds):")
+    base = None
+    for name, runs in results.items():
+        mib = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        base = mib if base is None else base
+        print(f"  {name:58s} {mib:7.0f} MiB  (+{mib - base:4.0f})  CPU {cpu:6.1f} s")
+    import torch
+
+    from benchmarks.memory import saved_bytes
+    from gct_ablate.models import build_model
+
+    torch.set_num_threads(1)
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    for attention in ("none", "gct"):
+        model = build_model("resnet20", 10, 1, attention=attention)
+        print(f"  activations saved for backward, ResNet-20 ({attention}), batch 128 at 28x28: "
+              f"{saved_bytes(model, x, y) / MIB:.0f} MiB")
+
+
+def _worker_pids(root: int) -> list[int]:
+    """``root`` and its descendants that run Python (the study's workers), not the
+    multiprocessing resource tracker."""
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        if b"resource_tracker" not in cmdline:
+            pids.append(pid)
+        todo += [int(c) for c in children]
+    return pids
+
+
+def _mapped_of(pid: int, marker: str = "/arrays/") -> dict[str, int]:
+    totals = {"rss": 0, "pss": 0}
+    inside = False
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                inside = marker in line
+            elif inside and line.startswith(("Rss:", "Pss:")):
+                totals[line.split(":")[0].lower()] += int(line.split()[1]) * 1024
+    return totals
+
+
+def live_study() -> None:
+    """A real two-worker study on Fashion-MNIST (all 60,000 / 10,000 images): each worker's
+    peak RSS, and the RSS and PSS of the cache file it maps, sampled while both train."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gct_ablate", "run", "--vary", "p", "--levels", "p=1,2",
+             "--seeds", "2", "--set", "dataset=fashion-mnist", "--set", "epochs=1",
+             "--set", "train_size=6000", "--workers", "2", "--threads", "1",
+             "--no-save-models", "--out", tmp],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak: dict[int, int] = {}
+        both: list[dict[int, dict[str, int]]] = []
+        while proc.poll() is None:
+            pids = _worker_pids(proc.pid)
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024
+                    peak[pid] = max(peak.get(pid, 0), rss)
+            mapped = {pid: _mapped_of(pid) for pid in pids}
+            if sum(1 for m in mapped.values() if m["rss"]) >= 2:
+                both.append(mapped)
+            time.sleep(0.5)
+        assert proc.returncode == 0, "the study failed"
+    print("\nA live study, `run --workers 2` on Fashion-MNIST (6,000 of its images per trial):")
+    for i, pid in enumerate(sorted(peak), 1):
+        print(f"  worker process {i}: peak RSS {peak[pid] / MIB:6.0f} MiB")
+    if not both:
+        print("  the two workers never held the data at the same time")
+        return
+    last = both[len(both) // 2]
+    for i, (_, m) in enumerate(sorted(last.items()), 1):
+        print(f"  worker process {i}: cache file mapped RSS {m['rss'] / MIB:6.1f} MiB, "
+              f"PSS {m['pss'] / MIB:6.1f} MiB")
+    mapped_rss = [m["rss"] for m in last.values() if m["rss"]]
+    print(f"  together: {sum(m['pss'] for m in last.values()) / MIB:.1f} MiB of PSS for "
+          f"{max(mapped_rss) / MIB:.1f} MiB mapped in each: "
+          f"{sum(m['pss'] for m in last.values()) / max(mapped_rss):.2f} copies "
+          f"({len(both)} samples with both holding it)")
 
 
 def main() -> None:
@@ -178,6 +278,9 @@ def main() -> None:
     parser.add_argument("--cifar-images", type=int, default=10000)
     parser.add_argument("--shared", action="store_true")
     parser.add_argument("--train-command", action="store_true")
+    parser.add_argument("--live-study", action="store_true",
+                        help="a real `run --workers 2` on Fashion-MNIST: RSS and PSS per worker")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --train-command")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--wait", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -208,7 +311,9 @@ def main() -> None:
     if args.shared:
         shared()
     if args.train_command:
-        train_command()
+        train_command(args.rounds)
+    if args.live_study:
+        live_study()
 
 
 if __name__ == "__main__":

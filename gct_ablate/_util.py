@@ -59,21 +59,6 @@ def tune_malloc() -> bool:
                 and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
-THP_ENV = "THP_MEM_ALLOC_ENABLE"
-
-
-def page_aligned_tensors() -> bool:
-    """Ask torch for page-aligned CPU buffers of 2 MiB and more, advised for huge pages.
-
-    Sets torch's ``THP_MEM_ALLOC_ENABLE=1`` unless the environment already sets it (``0``
-    turns it off). Torch reads it once, at its first allocation, so this is called before
-    torch is imported; spawned workers inherit it. It steadies the timing of small GCT calls
-    from process to process (benchmarks/README.md). True if on.
-    """
-    os.environ.setdefault(THP_ENV, "1")
-    return os.environ[THP_ENV] == "1"
-
-
 _pending: list[BaseException] = []
 _depth = [0]  # nested stop_signals blocks: the outermost one forgets the pending signal
 

@@ -34,21 +34,14 @@ def test_help_lists_commands_and_factor_levels():
     assert "1+tanh" in result.output and "every-conv" in result.output
 
 
-@pytest.mark.parametrize("preset", [None, "0"])
-def test_the_tool_asks_torch_for_page_aligned_buffers(preset):
-    """Importing the command line sets THP_MEM_ALLOC_ENABLE before torch loads, unless the
-    environment already says otherwise; torch then hands out page-aligned large buffers."""
+def test_the_tool_leaves_torchs_allocator_at_its_default():
+    """Importing the command line does not turn on torch's huge-page buffers (about 200 MiB
+    more peak memory in a training process, no faster: benchmarks/README.md)."""
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    if preset is not None:
-        env["THP_MEM_ALLOC_ENABLE"] = preset
-    code = ("import os, gct_ablate.cli, torch; t = torch.empty(1 << 20); "
-            "print(os.environ['THP_MEM_ALLOC_ENABLE'], t.data_ptr() % 4096)")
+    code = "import os, gct_ablate.cli; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, timeout=120, check=True).stdout.split()
-    if preset is None:
-        assert out == ["1", "0"]
-    else:
-        assert out[0] == "0"
+    assert out == ["None"]
 
 
 def test_factors_table():

@@ -13,11 +13,9 @@ from rich.console import Console
 from typer._click import exceptions as click_errors  # Typer's own copy of click's errors
 from typer.core import TyperGroup
 
-from gct_ablate._util import page_aligned_tensors
 from gct_ablate.errors import UsageError
 from gct_ablate.masking import mask
 
-page_aligned_tensors()  # before any command imports torch; study workers inherit it
 
 class OneLineGroup(TyperGroup):
     """Click's and Typer's own usage errors (an option out of its range, a missing argument)
