@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import run_cli, start_cli, stop, wait_for
 from mlflow import MlflowClient
@@ -120,3 +121,59 @@ def test_bad_checkpoint_every_is_one_line(tmp_path):
                                       "--out", str(out)])
     assert result.exit_code == 2 and not out.exists()
     assert "invalid checkpoint_every 'x'; valid: auto, none, or a number" in result.output
+
+
+@pytest.mark.parametrize("flags", [["--pruner", "median"],
+                                   ["--until-decided", "--max-seeds", "3", "--seed-batch", "1"]],
+                         ids=["median-pruner", "until-decided"])
+def test_an_interrupted_trial_resumes_under_a_pruner_and_adaptive_seeds(tmp_path, monkeypatch,
+                                                                        flags):
+    """Ctrl-C during epoch 3 of 4 (after epoch 2 is saved), then the same command: the trial
+    resumes at epoch 3 and goes on as an uninterrupted one would, to its end or to where the
+    pruner stops it; Optuna has each epoch once (the pruner saw the whole curve); every cell
+    x seed ends once."""
+    from typer.testing import CliRunner
+
+    import gct_ablate.train
+    from gct_ablate.cli import app
+
+    out = tmp_path / "out"
+    args = ["run", "--vary", "p", "--levels", "p=1,2", "--seeds", "2", "--set",
+            "epochs=4,train_size=300,val_size=100", "--threads", "1", "--no-save-models",
+            "--workers", "1", "--study", "resume", "--checkpoint-every", "1", "--out", str(out),
+            *flags]
+    checks = gct_ablate.train.raise_pending
+    interrupted = []
+
+    def ctrl_c_once_epoch_2_is_saved() -> None:
+        if not interrupted and _saved_epoch(out) >= 2:
+            interrupted.append(_saved_epoch(out))
+            raise KeyboardInterrupt
+        checks()
+
+    monkeypatch.setattr(gct_ablate.train, "raise_pending", ctrl_c_once_epoch_2_is_saved)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 130 and interrupted == [2], first.output
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "resumed at epoch 3" in again.output
+
+    trials = journal_trials(out, "resume")
+    [resumed] = [t for t in trials if "resumed_from_epoch" in t.user_attrs]
+    assert resumed.user_attrs["resumed_from_epoch"] == 2
+    ended = (TrialState.COMPLETE, TrialState.PRUNED)
+    keys = [(t.user_attrs["cell"], t.user_attrs["seed"]) for t in trials if t.state in ended]
+    assert len(keys) == len(set(keys)) >= 4
+    values: dict[int, float] = {}
+    torch.set_num_threads(1)
+    clean = train_eval(TrialConfig(**resumed.params, seed=resumed.user_attrs["seed"], epochs=4,
+                                   train_size=300, val_size=100, threads=1),
+                       lambda epoch, m: values.update({epoch: m["val_top1"]}))
+    curve = resumed.intermediate_values
+    assert sorted(curve) == list(range(1, len(curve) + 1)) and len(curve) >= 3
+    assert curve == {epoch: values[epoch] for epoch in curve}  # the uninterrupted curve
+    if resumed.state == TrialState.COMPLETE:
+        assert len(curve) == 4 and resumed.user_attrs["metrics"]["val_top1"] == clean["val_top1"]
+    else:
+        assert resumed.state == TrialState.PRUNED
