@@ -43,17 +43,17 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def _mapped(marker: str = "/arrays/") -> dict[str, int]:
-    """RSS and PSS (bytes) of this process's mappings of the shared array cache."""
+def _mapped(pid: int | str = "self", marker: str = "/arrays/") -> dict[str, int]:
+    """RSS and PSS (bytes) of a process's mappings of the shared array cache (none when the
+    process is gone)."""
     totals = {"rss": 0, "pss": 0}
     inside = False
-    with open("/proc/self/smaps") as f:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps") as f:
         for line in f:
             if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
                 inside = marker in line
             elif inside and line.startswith(("Rss:", "Pss:")):
-                key = line.split(":")[0].lower()
-                totals[key] += int(line.split()[1]) * 1024
+                totals[line.split(":")[0].lower()] += int(line.split()[1]) * 1024
     return totals
 
 
@@ -220,18 +220,6 @@ def _worker_pids(root: int) -> list[int]:
     return pids
 
 
-def _mapped_of(pid: int, marker: str = "/arrays/") -> dict[str, int]:
-    totals = {"rss": 0, "pss": 0}
-    inside = False
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-                inside = marker in line
-            elif inside and line.startswith(("Rss:", "Pss:")):
-                totals[line.split(":")[0].lower()] += int(line.split()[1]) * 1024
-    return totals
-
-
 def live_study() -> None:
     """A real two-worker study on Fashion-MNIST (all 60,000 / 10,000 images): each worker's
     peak RSS, and the RSS and PSS of the cache file it maps, sampled while both train."""
@@ -251,7 +239,7 @@ def live_study() -> None:
                     status = Path(f"/proc/{pid}/status").read_text()
                     rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024
                     peak[pid] = max(peak.get(pid, 0), rss)
-            mapped = {pid: _mapped_of(pid) for pid in pids}
+            mapped = {pid: _mapped(pid) for pid in pids}
             if sum(1 for m in mapped.values() if m["rss"]) >= 2:
                 both.append(mapped)
             time.sleep(0.5)
