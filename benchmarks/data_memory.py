@@ -237,8 +237,8 @@ def live_study() -> None:
             for pid in pids:
                 with contextlib.suppress(OSError):
                     status = Path(f"/proc/{pid}/status").read_text()
-                    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024
-                    peak[pid] = max(peak.get(pid, 0), rss)
+                    if rss := re.search(r"VmRSS:\s+(\d+)", status):  # none once a zombie
+                        peak[pid] = max(peak.get(pid, 0), int(rss.group(1)) * 1024)
             mapped = {pid: _mapped(pid) for pid in pids}
             if sum(1 for m in mapped.values() if m["rss"]) >= 2:
                 both.append(mapped)
