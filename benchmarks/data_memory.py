@@ -9,10 +9,15 @@ Fashion-MNIST (4,000 + 2,000 images, and all), and a CIFAR-10-format fixture.
 
 ``--shared``: two such processes hold Fashion-MNIST (all) at the same time; the
 proportional share (PSS) of the mapped cache file is half its RSS in each: one copy.
-``--train-command``: peak RSS (``/usr/bin/time -v``) of ``gct-ablate train`` on digits and
-on Fashion-MNIST (4,000 / 2,000, one epoch) next to the import baseline.
+``--train-command``: peak RSS and CPU time (``/usr/bin/time -v``) of ``gct-ablate train`` on
+digits and on Fashion-MNIST (4,000 / 2,000, one epoch; also with huge-page buffers and at
+batch 32) next to the import baseline, interleaved over ``--rounds``, and the activations
+ResNet-20 saves for backward. ``--live-study``: a real ``run --workers 2`` on Fashion-MNIST,
+each worker's peak RSS and the PSS of the cache file while both train. Every process runs
+in the tool's default environment (without the benchmarks' huge-page setting).
 
     python -m benchmarks.data_memory [--cifar-images 10000] [--shared] [--train-command]
+                                     [--rounds 3] [--live-study]
 """
 
 from __future__ import annotations
@@ -100,10 +105,17 @@ def child(options: dict, wait: bool) -> None:
         sys.stdin.readline()  # alive until every worker has measured
 
 
+def _tool_env() -> dict[str, str]:
+    """This environment without the benchmarks' huge-page setting: what ``gct-ablate`` runs
+    with by default."""
+    return {k: v for k, v in os.environ.items() if k != THP_ENV}
+
+
 def _spawn(options: dict, wait: bool = False) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "benchmarks.data_memory", "--child",
                              json.dumps(options), *(["--wait"] if wait else [])],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=_tool_env())
 
 
 def measure(options: dict) -> dict:
@@ -167,7 +179,7 @@ def train_command(rounds: int) -> None:
     huge-page buffers on and off (``THP_MEM_ALLOC_ENABLE``), interleaved over ``rounds``."""
     cli = [sys.executable, "-m", "gct_ablate", "train", "--threads", "1", "--epochs", "1"]
     fashion = [*cli, "--dataset", "fashion-mnist", "--train-size", "4000", "--val-size", "2000"]
-    env = {k: v for k, v in os.environ.items() if k != THP_ENV}
+    env = _tool_env()
     rows = {
         "import baseline (" + WORKER_IMPORTS.removeprefix("import ") + ")":
             ([sys.executable, "-c", WORKER_IMPORTS], env),
@@ -229,7 +241,7 @@ def live_study() -> None:
              "--seeds", "2", "--set", "dataset=fashion-mnist", "--set", "epochs=1",
              "--set", "train_size=6000", "--workers", "2", "--threads", "1",
              "--no-save-models", "--out", tmp],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_tool_env())
         peak: dict[int, int] = {}
         both: list[dict[int, dict[str, int]]] = []
         while proc.poll() is None:
@@ -237,8 +249,8 @@ def live_study() -> None:
             for pid in pids:
                 with contextlib.suppress(OSError):
                     status = Path(f"/proc/{pid}/status").read_text()
-                    if rss := re.search(r"VmRSS:\s+(\d+)", status):  # none once a zombie
-                        peak[pid] = max(peak.get(pid, 0), int(rss.group(1)) * 1024)
+                    if hwm := re.search(r"VmHWM:\s+(\d+)", status):  # none once a zombie
+                        peak[pid] = max(peak.get(pid, 0), int(hwm.group(1)) * 1024)
             mapped = {pid: _mapped(pid) for pid in pids}
             if sum(1 for m in mapped.values() if m["rss"]) >= 2:
                 both.append(mapped)
