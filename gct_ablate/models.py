@@ -106,7 +106,7 @@ class CifarResNet(nn.Module):
 
 def _torchvision_resnet(name: str, num_classes: int, in_channels: int, small_input: bool
                         ) -> nn.Module:
-    import torchvision  # here, not at the top: it imports torch._dynamo (~150 MiB, ~1 s)
+    import torchvision  # here: it loads torch._dynamo (~150 MiB, ~1 s) in every process
 
     model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
     if small_input:  # 3x3 stride-1 stem, no max-pool (CIFAR-style)
