@@ -43,9 +43,21 @@ MIB = 1 << 20
 WORKER_IMPORTS = "import torch, mlflow, optuna, statsmodels, matplotlib"
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+def _status_kib(field: str, pid: int | str = "self") -> int:
+    """A field of a process's status in KiB (0 once it has exited: a zombie has none)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        return next((int(line.split()[1]) for line in f if line.startswith(field + ":")), 0)
+    return 0
+
+
+def _print_mapped(label: str, mapped: list[dict[str, int]], note: str = "") -> None:
+    """Each process's RSS and PSS of the cache file, and how many copies they hold together."""
+    for i, m in enumerate(mapped, 1):
+        print(f"  {label} {i}: cache file mapped RSS {m['rss'] / MIB:6.1f} MiB, "
+              f"PSS {m['pss'] / MIB:6.1f} MiB")
+    total, each = sum(m["pss"] for m in mapped), max(m["rss"] for m in mapped)
+    print(f"  together: {total / MIB:.1f} MiB of PSS for {each / MIB:.1f} MiB mapped in each: "
+          f"{total / each:.2f} copies{note}")
 
 
 def _mapped(pid: int | str = "self", marker: str = "/arrays/") -> dict[str, int]:
@@ -156,13 +168,7 @@ def shared() -> None:
         p.communicate("done\n")
     print("\nTwo workers holding Fashion-MNIST (all, 54.9 MB as uint8) at the same time "
           "(PSS: each one's share of the pages it maps):")
-    for i, r in enumerate(results, 1):
-        print(f"  worker {i}: cache file mapped RSS {r['rss'] / MIB:6.1f} MiB, PSS "
-              f"{r['pss'] / MIB:6.1f} MiB")
-    total = sum(r["pss"] for r in results)
-    copies = total / results[0]["rss"]
-    print(f"  together: {total / MIB:.1f} MiB of PSS for {results[0]['rss'] / MIB:.1f} MiB "
-          f"mapped in each: {copies:.2f} copies")
+    _print_mapped("worker", results)
 
 
 def _time_v(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
@@ -233,8 +239,9 @@ def _worker_pids(root: int) -> list[int]:
 
 
 def live_study() -> None:
-    """A real two-worker study on Fashion-MNIST (all 60,000 / 10,000 images): each worker's
-    peak RSS, and the RSS and PSS of the cache file it maps, sampled while both train."""
+    """A real two-worker study on Fashion-MNIST (6,000 training images per trial): each
+    worker's peak RSS, and the RSS and PSS of the cache file it maps, sampled while both
+    train."""
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gct_ablate", "run", "--vary", "p", "--levels", "p=1,2",
@@ -247,10 +254,7 @@ def live_study() -> None:
         while proc.poll() is None:
             pids = _worker_pids(proc.pid)
             for pid in pids:
-                with contextlib.suppress(OSError):
-                    status = Path(f"/proc/{pid}/status").read_text()
-                    if hwm := re.search(r"VmHWM:\s+(\d+)", status):  # none once a zombie
-                        peak[pid] = max(peak.get(pid, 0), int(hwm.group(1)) * 1024)
+                peak[pid] = max(peak.get(pid, 0), _status_kib("VmHWM", pid) * 1024)
             mapped = {pid: _mapped(pid) for pid in pids}
             if sum(1 for m in mapped.values() if m["rss"]) >= 2:
                 both.append(mapped)
@@ -262,15 +266,9 @@ def live_study() -> None:
     if not both:
         print("  the two workers never held the data at the same time")
         return
-    last = both[len(both) // 2]
-    for i, (_, m) in enumerate(sorted(last.items()), 1):
-        print(f"  worker process {i}: cache file mapped RSS {m['rss'] / MIB:6.1f} MiB, "
-              f"PSS {m['pss'] / MIB:6.1f} MiB")
-    mapped_rss = [m["rss"] for m in last.values() if m["rss"]]
-    print(f"  together: {sum(m['pss'] for m in last.values()) / MIB:.1f} MiB of PSS for "
-          f"{max(mapped_rss) / MIB:.1f} MiB mapped in each: "
-          f"{sum(m['pss'] for m in last.values()) / max(mapped_rss):.2f} copies "
-          f"({len(both)} samples with both holding it)")
+    middle = both[len(both) // 2]
+    _print_mapped("worker process", [m for _, m in sorted(middle.items()) if m["rss"]],
+                  f" ({len(both)} samples with both holding it)")
 
 
 def main() -> None:
